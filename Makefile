@@ -1,0 +1,48 @@
+# Everything a new machine needs is created on first use: `make run` and `make test` are the whole set-up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test lint bench soak fuzz chaos clean venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=python3.11)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+## Start broker (embedded amqtt unless one answers), reader on the simulator, aggregator and gateway.
+run: $(STAMP)
+	$(BIN)/renogy-proxy run $(ARGS)
+
+## Lint, type-check and run every test (short forms of soak, chaos and fuzz included).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+	$(BIN)/mypy
+
+## Benchmarks: print figures and record them in docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench $(ARGS)
+
+soak: $(STAMP)
+	RENOGY_PROOF=long $(BIN)/python -m pytest -q -m slow tests/proof -k soak $(PYTEST_ARGS)
+
+chaos: $(STAMP)
+	RENOGY_PROOF=long $(BIN)/python -m pytest -q -m slow tests/proof -k chaos $(PYTEST_ARGS)
+
+fuzz: $(STAMP)
+	RENOGY_PROOF=long $(BIN)/python -m pytest -q tests -k fuzz $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,463 @@
+"""Configuration: one TOML file, every key overridable by environment and command line, validated at start.
+
+The dataclasses below are the single source of truth: each field carries its environment variable
+and help text in its metadata, so loading, validation, ``diagnose`` and docs/configuration.md all
+come from the same place. Precedence: defaults < TOML file < environment < command-line options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import orjson
+
+from shared.noise_key import InvalidKeyError, decode_key
+
+ENV_PREFIX = "RENOGY_"
+_MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]?){5}[0-9A-Fa-f]{2}$")
+_NAME_RE = re.compile(r"^[a-z0-9-]{1,31}$")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range; the message names the key."""
+
+
+def setting(
+    default: Any,
+    env: str,
+    help: str,  # noqa: A002 - reads naturally at the call sites
+    *,
+    secret: bool = False,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    meta = {"env": env, "help": help, "secret": secret, "choices": choices, "minimum": minimum, "maximum": maximum}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: default.copy(), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    url: str = setting("mqtt://127.0.0.1:1883", "RENOGY_MQTT_URL", "Broker URL: mqtt://host:port or mqtts://host:port")
+    username: str | None = setting(None, "RENOGY_MQTT_USERNAME", "Broker user name")
+    password: str | None = setting(None, "RENOGY_MQTT_PASSWORD", "Broker password", secret=True)
+    root_topic: str = setting("renogy", "RENOGY_ROOT_TOPIC", "First level of every topic")
+    ca_file: Path | None = setting(None, "RENOGY_MQTT_CA_FILE", "CA bundle for mqtts:// (system CAs when unset)")
+    cert_file: Path | None = setting(None, "RENOGY_MQTT_CERT_FILE", "Client certificate for mutual TLS")
+    key_file: Path | None = setting(None, "RENOGY_MQTT_KEY_FILE", "Client key for mutual TLS", secret=True)
+    tls_insecure: bool = setting(False, "RENOGY_MQTT_TLS_INSECURE", "Skip broker certificate host-name checks")
+    keepalive: int = setting(30, "RENOGY_MQTT_KEEPALIVE", "MQTT keep-alive in seconds", minimum=5, maximum=3600)
+    reconnect_max_delay: float = setting(
+        2.0, "RENOGY_MQTT_RECONNECT_MAX_DELAY", "Cap of the reconnect backoff in seconds", minimum=0.1, maximum=300
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderConfig:
+    instance: str = setting("default", "RENOGY_READER_INSTANCE", "Name of this reader in bridge topics")
+    adapter: str = setting("hci0", "RENOGY_ADAPTER", "Bluetooth adapter the reader owns")
+    bt2_address: str | None = setting(None, "RENOGY_BT2_ADDRESS", "BT-2 MAC address (skips the name scan)")
+    bt2_name: str | None = setting(
+        None, "RENOGY_BT2_NAME", "BT-2 advertised name, e.g. BT-TH-E3383D0E (first BT-TH-* found when unset)"
+    )
+    batteries: list[int] = setting([48, 49, 50, 51], "RENOGY_BATTERIES", "Modbus slave ids on the BT-2's bus")
+    poll_interval: float = setting(
+        30.0, "RENOGY_POLL_INTERVAL", "Seconds from cycle start to cycle start (0 = back to back)", minimum=0
+    )
+    request_timeout: float = setting(
+        1.5, "RENOGY_REQUEST_TIMEOUT", "Deadline of one Modbus read in seconds", minimum=0.05, maximum=30
+    )
+    retries: int = setting(2, "RENOGY_RETRIES", "Extra attempts per read after a failure", minimum=0, maximum=10)
+    info_interval: float = setting(
+        600.0, "RENOGY_INFO_INTERVAL", "Seconds between reads of serial/model/firmware/alarms (5104 x 28)", minimum=0
+    )
+    keep_connected: bool = setting(
+        True, "RENOGY_KEEP_CONNECTED", "Hold the BT-2 connection between cycles (false lets the Renogy app in)"
+    )
+    connect_timeout: float = setting(
+        20.0, "RENOGY_CONNECT_TIMEOUT", "Deadline of connect + notification setup in seconds", minimum=1
+    )
+    scan_timeout: float = setting(15.0, "RENOGY_SCAN_TIMEOUT", "Deadline of the BT-2 search in seconds", minimum=1)
+    watchdog_cycles: int = setting(
+        5, "RENOGY_WATCHDOG_CYCLES", "Cycles without a good reading before escalating recovery", minimum=1
+    )
+    adapter_reset: bool = setting(
+        True, "RENOGY_ADAPTER_RESET", "Power-cycle the adapter through BlueZ when reconnecting does not help"
+    )
+    proxy: bool = setting(True, "RENOGY_PROXY", "Forward BLE advertisements for the Bluetooth proxy")
+    backend: str | None = setting(
+        None, "RENOGY_BLE_BACKEND", "Custom bleak client backend as module:Class (scanner: module:Class of the scanner)"
+    )
+    current_scale: str = setting(
+        "auto", "RENOGY_CURRENT_SCALE", "Current register scale: auto (by family), 0.01 or 0.1",
+        choices=("auto", "0.01", "0.1"),
+    )
+    capture_file: Path | None = setting(
+        None, "RENOGY_CAPTURE_FILE", "Append every request/response with timing as JSON lines (for bug reports)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    enabled: bool = setting(False, "RENOGY_SIMULATE", "Use the built-in BT-2 simulator instead of Bluetooth")
+    batteries: list[int] = setting([48, 49, 50, 51], "RENOGY_SIM_BATTERIES", "Slave ids of simulated batteries")
+    speed: float = setting(1.0, "RENOGY_SIM_SPEED", "Simulated-time acceleration of the battery physics", minimum=0)
+    latency_scale: float = setting(
+        1.0, "RENOGY_SIM_LATENCY_SCALE", "Multiplier of the modelled BLE/RS485 latencies (0 = instant)", minimum=0
+    )
+    seed: int = setting(0, "RENOGY_SIM_SEED", "Random seed of physics noise and faults")
+    fault_rate: float = setting(
+        0.0, "RENOGY_SIM_FAULT_RATE", "Share of requests hit by an injected fault", minimum=0, maximum=1
+    )
+    mtu: int = setting(251, "RENOGY_SIM_MTU", "ATT MTU: 251 (one notification per reply) or 23 (20-byte chunks)",
+                       minimum=23, maximum=517)
+    truth_log: Path | None = setting(None, "RENOGY_SIM_TRUTH_LOG", "Write every genuine reply as JSON lines here")
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorConfig:
+    instance: str = setting("default", "RENOGY_AGGREGATOR_INSTANCE", "Name of this aggregator in bridge topics")
+    profile: str = setting(
+        "default", "RENOGY_PROFILE", "Entity set: default (55 for 4 batteries) or extended",
+        choices=("default", "extended"),
+    )
+    max_gap: float | None = setting(
+        None, "RENOGY_MAX_GAP", "Longest interval integrated into energy, s (default 3 x poll interval)", minimum=0
+    )
+    stale_after: float | None = setting(
+        None, "RENOGY_STALE_AFTER", "Age after which a value becomes unknown, s (default 3 x poll interval)", minimum=0
+    )
+    banks: list[dict[str, Any]] = setting(
+        [], "RENOGY_BANKS",
+        'Banks as a list of {"id", "name", "batteries": ["<bt2>:<slave>" or slave id]}; empty = one bank of all',
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    instance: str = setting("default", "RENOGY_GATEWAY_INSTANCE", "Name of this gateway in bridge topics")
+    api_port: int = setting(6053, "RENOGY_API_PORT", "ESPHome native API port", minimum=0, maximum=65535)
+    bind: str = setting("0.0.0.0", "RENOGY_API_BIND", "Address the API listens on")
+    api_key: str | None = setting(
+        None, "RENOGY_API_KEY", "Noise encryption key (base64 of 32 bytes; renogy-proxy keygen)", secret=True
+    )
+    name: str = setting("renogy-bt-proxy", "RENOGY_NAME", "Node name: [a-z0-9-], at most 31 characters")
+    friendly_name: str = setting("Renogy BT Proxy", "RENOGY_FRIENDLY_NAME", "Name shown in Home Assistant")
+    mac: str | None = setting(None, "RENOGY_MAC", "MAC address reported to Home Assistant (default: host NIC)")
+    mdns: bool = setting(True, "RENOGY_MDNS", "Announce _esphomelib._tcp on the LAN")
+    max_clients: int = setting(16, "RENOGY_MAX_CLIENTS", "Simultaneous API connections", minimum=1, maximum=256)
+    discovery: bool = setting(
+        False, "RENOGY_HA_DISCOVERY", "Also publish Home Assistant MQTT discovery (duplicates the API entities)"
+    )
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "renogy-proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: Path = setting(_default_state_dir(), "RENOGY_STATE_DIR", "Directory for persistent state")
+    log_level: str = setting(
+        "info", "RENOGY_LOG_LEVEL", "Log level", choices=("debug", "info", "warning", "error")
+    )
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+
+    @property
+    def aggregator_max_gap(self) -> float:
+        return self.aggregator.max_gap if self.aggregator.max_gap is not None else 3 * _interval(self)
+
+    @property
+    def aggregator_stale_after(self) -> float:
+        return self.aggregator.stale_after if self.aggregator.stale_after is not None else 3 * _interval(self)
+
+
+def _interval(config: Config) -> float:
+    # The aggregator shares the reader's poll interval; back-to-back polling (0) still needs a
+    # sensible horizon for gaps and staleness.
+    return max(config.reader.poll_interval, 10.0)
+
+
+_SECTIONS: dict[str, type] = {
+    "mqtt": MqttConfig,
+    "reader": ReaderConfig,
+    "simulator": SimulatorConfig,
+    "aggregator": AggregatorConfig,
+    "gateway": GatewayConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInfo:
+    path: str
+    env: str
+    default: Any
+    help: str
+    secret: bool
+    type_name: str
+
+
+def settings() -> Iterator[SettingInfo]:
+    """Every configurable key, in file order."""
+    for path, fld, hint in _walk():
+        yield SettingInfo(path, fld.metadata["env"], _default_of(fld), fld.metadata["help"], fld.metadata["secret"],
+                          _type_name(hint))
+
+
+def _walk() -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
+    top_hints = get_type_hints(Config)
+    for fld in dataclasses.fields(Config):
+        if fld.name in _SECTIONS:
+            hints = get_type_hints(_SECTIONS[fld.name])
+            for sub in dataclasses.fields(_SECTIONS[fld.name]):
+                yield f"{fld.name}.{sub.name}", sub, hints[sub.name]
+        else:
+            yield fld.name, fld, top_hints[fld.name]
+
+
+def _default_of(fld: dataclasses.Field[Any]) -> Any:
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()
+    return None  # pragma: no cover
+
+
+def _type_name(hint: Any) -> str:
+    base, optional = _unwrap_optional(hint)
+    name = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(base)
+    if name is None:
+        name = "list of integers" if get_args(base) == (int,) else "list of tables"
+    return f"{name} (optional)" if optional else name
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective configuration; raise ConfigError naming the key on any invalid value."""
+    environ = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        file_values = _read_toml(Path(path))
+    raw: dict[str, dict[str, Any]] = {"": {}}
+    for name in _SECTIONS:
+        raw[name] = {}
+    known_env = set()
+    for key_path, fld, hint in _walk():
+        section, _, key = key_path.rpartition(".")
+        known_env.add(fld.metadata["env"])
+        source, value = None, dataclasses.MISSING
+        file_section = file_values.get(section, {}) if section else file_values
+        if key in file_section:
+            source, value = f"{key_path} in {path}", file_section[key]
+        env_name = fld.metadata["env"]
+        if env_name in environ and environ[env_name] != "":
+            source, value = f"{key_path} (environment {env_name})", _from_env(environ[env_name], hint)
+        if overrides and key_path in overrides and overrides[key_path] is not None:
+            source, value = f"{key_path} (command line)", overrides[key_path]
+        if value is dataclasses.MISSING:
+            continue
+        raw[section][key] = _validate(source or key_path, value, hint, fld.metadata)
+    _check_unknown(file_values, path)
+    sections = {name: cls(**raw[name]) for name, cls in _SECTIONS.items()}
+    config = Config(**raw[""], **sections)
+    _cross_check(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _check_unknown(file_values: Mapping[str, Any], path: Path | str | None) -> None:
+    top = {f.name for f in dataclasses.fields(Config)}
+    for key, value in file_values.items():
+        if key not in top:
+            raise ConfigError(f"unknown key {key!r} in {path}")
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} in {path} must be a table ([{key}])")
+            known = {f.name for f in dataclasses.fields(_SECTIONS[key])}
+            for sub in value:
+                if sub not in known:
+                    raise ConfigError(f"unknown key {key}.{sub!r} in {path}")
+
+
+def _from_env(text: str, hint: Any) -> Any:
+    base, _ = _unwrap_optional(hint)
+    if get_origin(base) is list:
+        if get_args(base) == (int,):
+            return [part.strip() for part in text.split(",") if part.strip()]
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"environment value is not JSON: {exc}") from exc
+    return text
+
+
+def _validate(where: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    base, optional = _unwrap_optional(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    try:
+        result = _coerce(value, base)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if meta.get("choices") and str(result) not in meta["choices"]:
+        raise ConfigError(f"{where}: {result!r} is not one of {', '.join(meta['choices'])}")
+    if isinstance(result, int | float) and not isinstance(result, bool):
+        low, high = meta.get("minimum"), meta.get("maximum")
+        if low is not None and result < low:
+            raise ConfigError(f"{where}: {result} is below the minimum {low}")
+        if high is not None and result > high:
+            raise ConfigError(f"{where}: {result} is above the maximum {high}")
+    return result
+
+
+def _coerce(value: Any, base: Any) -> Any:
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
+    if base is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(f"expected a string, got {value!r}")
+        return str(value)
+    if base is Path:
+        if not isinstance(value, str | Path):
+            raise ValueError(f"expected a path, got {value!r}")
+        return Path(value).expanduser()
+    if get_origin(base) is list:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        if get_args(base) == (int,):
+            return [_coerce(item, int) for item in value]
+        if not all(isinstance(item, dict) for item in value):
+            raise ValueError("expected a list of tables")
+        return [dict(item) for item in value]
+    raise TypeError(f"unsupported setting type {base!r}")  # pragma: no cover
+
+
+def _cross_check(config: Config) -> None:
+    gateway = config.gateway
+    if not _NAME_RE.match(gateway.name):
+        raise ConfigError(f"gateway.name: {gateway.name!r} must be 1-31 characters of a-z, 0-9 and '-'")
+    if gateway.mac is not None and not _MAC_RE.match(gateway.mac):
+        raise ConfigError(f"gateway.mac: {gateway.mac!r} is not a MAC address")
+    if config.reader.bt2_address is not None and not _MAC_RE.match(config.reader.bt2_address):
+        raise ConfigError(f"reader.bt2_address: {config.reader.bt2_address!r} is not a MAC address")
+    for key, ids in (("reader.batteries", config.reader.batteries), ("simulator.batteries", config.simulator.batteries)):
+        if not ids:
+            raise ConfigError(f"{key}: at least one slave id is required")
+        for slave in ids:
+            if not 1 <= slave <= 255:
+                raise ConfigError(f"{key}: slave id {slave} outside 1..255")
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{key}: duplicate slave ids in {ids}")
+    for key, name in (
+        ("reader.instance", config.reader.instance),
+        ("aggregator.instance", config.aggregator.instance),
+        ("gateway.instance", config.gateway.instance),
+    ):
+        if not _INSTANCE_RE.match(name):
+            raise ConfigError(f"{key}: {name!r} must be letters, digits, '_' or '-'")
+    if not re.match(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", config.mqtt.root_topic):
+        raise ConfigError(f"mqtt.root_topic: {config.mqtt.root_topic!r} must be topic levels without wildcards")
+    if config.reader.backend is not None and ":" not in config.reader.backend:
+        raise ConfigError(f"reader.backend: {config.reader.backend!r} must be module:Class")
+    if config.gateway.api_key is not None:
+        try:
+            decode_key(config.gateway.api_key)
+        except InvalidKeyError as exc:
+            raise ConfigError(f"gateway.api_key: {exc}") from None
+
+
+def effective(config: Config, *, mask_secrets: bool = True) -> dict[str, Any]:
+    """The configuration as a plain nested dict, secrets masked (for ``diagnose``)."""
+    out: dict[str, Any] = {}
+    for key_path, fld, _ in _walk():
+        section, _, key = key_path.rpartition(".")
+        value = getattr(getattr(config, section), key) if section else getattr(config, key)
+        if isinstance(value, Path):
+            value = str(value)
+        if mask_secrets and fld.metadata["secret"] and value:
+            value = "***"
+        (out.setdefault(section, {}) if section else out)[key] = value
+    return out
+
+
+def env_for(overrides: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables that carry these key-path overrides to a child process."""
+    by_path = {path: fld for path, fld, _ in _walk()}
+    env: dict[str, str] = {}
+    for key_path, value in overrides.items():
+        if value is None:
+            continue
+        name = by_path[key_path].metadata["env"]
+        if isinstance(value, bool):
+            env[name] = "true" if value else "false"
+        elif isinstance(value, list) and all(isinstance(v, int) for v in value):
+            env[name] = ",".join(str(v) for v in value)
+        elif isinstance(value, list | dict):
+            env[name] = orjson.dumps(value).decode()
+        else:
+            env[name] = str(value)
+    return env

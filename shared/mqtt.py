@@ -1,0 +1,257 @@
+"""A small asyncio front end to paho-mqtt shared by every service.
+
+paho runs its network loop in its own thread and reconnects forever with a capped backoff; every
+callback is handed to the service's event loop, so service code never runs on paho's thread.
+The client remembers the latest payload of every retained topic it published and publishes them
+all again after each (re)connect, so a broker that lost its store (restart without persistence,
+power cut) is repopulated. MQTT 3.1.1 is used so the embedded amqtt broker and Mosquitto both work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from shared.config import MqttConfig
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_QUEUED = 10_000
+MAX_INFLIGHT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+MessageHandler = Callable[[Message], None]
+ConnectHandler = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_url(url: str) -> BrokerAddress:
+    """mqtt://host[:port] or mqtts://host[:port]; a bare host:port means mqtt://."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    if not parts.hostname:
+        raise ValueError(f"no host in MQTT URL {url!r}")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError(f"bad port in MQTT URL {url!r}") from None
+    return BrokerAddress(parts.hostname, port, tls)
+
+
+class MqttClient:
+    """Publish/subscribe for one service; safe to use only from the event loop that started it."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        client_id: str,
+        *,
+        will: tuple[str, bytes] | None = None,
+        on_message: MessageHandler | None = None,
+    ) -> None:
+        self.config = config
+        self.address = parse_url(config.url)
+        self.client_id = client_id
+        self._on_message = on_message
+        self._connect_handlers: list[ConnectHandler] = []
+        self._subscriptions: dict[str, int] = {}
+        self._retained: dict[str, tuple[bytes, int]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connected = asyncio.Event()
+        self.connect_count = 0
+        self.dropped_publishes = 0
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=True,
+        )
+        self._client.enable_logger(logging.getLogger("paho"))
+        self._client.max_inflight_messages_set(MAX_INFLIGHT)
+        self._client.max_queued_messages_set(MAX_QUEUED)
+        self._client.reconnect_delay_set(1, max(1, round(config.reconnect_max_delay)))
+        if config.username:
+            self._client.username_pw_set(config.username, config.password)
+        if self.address.tls:
+            self._client.tls_set(
+                ca_certs=str(config.ca_file) if config.ca_file else None,
+                certfile=str(config.cert_file) if config.cert_file else None,
+                keyfile=str(config.key_file) if config.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            self._client.tls_insecure_set(config.tls_insecure)
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_connect = self._paho_on_connect
+        self._client.on_disconnect = self._paho_on_disconnect
+        self._client.on_connect_fail = self._paho_on_connect_fail
+        self._connect_failures = 0
+        self._client.on_message = self._paho_on_message
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin connecting in the background (forever); returns at once."""
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(self.address.host, self.address.port, keepalive=self.config.keepalive)
+        self._client.loop_start()
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, final: list[tuple[str, bytes]] | None = None, timeout: float = 2.0) -> None:
+        """Publish the final retained messages (e.g. 'offline'), then disconnect cleanly."""
+        if self.connected.is_set():
+            infos = [self._client.publish(topic, payload, qos=1, retain=True) for topic, payload in final or ()]
+            await asyncio.to_thread(_wait_published, infos, timeout)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self.connected.clear()
+
+    # --- API ---------------------------------------------------------------------------------
+
+    def add_connect_handler(self, handler: ConnectHandler) -> None:
+        """Called in the event loop after every (re)connect, after subscriptions and retained republish."""
+        self._connect_handlers.append(handler)
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        self._subscriptions[topic_filter] = qos
+        if self.connected.is_set():
+            self._client.subscribe(topic_filter, qos)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        """Queue a publish. Retained payloads are remembered and re-sent after every reconnect.
+
+        Returns False when the message could not be handed to the broker now (a retained one is
+        still sent on reconnect; others are dropped and counted).
+        """
+        if "+" in topic or "#" in topic:
+            raise ValueError(f"refusing to publish to wildcard topic {topic!r}")
+        if retain:
+            self._retained[topic] = (payload, qos)
+        if not self.connected.is_set():
+            if not retain:
+                self.dropped_publishes += 1
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            if not retain:
+                self.dropped_publishes += 1
+            return False
+        return True
+
+    def clear_retained(self, topic: str) -> None:
+        """Remove a retained message from the broker (empty retained payload)."""
+        self._retained.pop(topic, None)
+        if self.connected.is_set():
+            self._client.publish(topic, b"", qos=1, retain=True)
+
+    # --- paho thread -> event loop ------------------------------------------------------------
+
+    @staticmethod
+    def _on_socket_open(client: paho.Client, userdata: Any, sock: Any) -> None:
+        # paho never sets TCP_NODELAY; without it a QoS 1 round trip stalls ~40 ms on delayed ACKs.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # pragma: no cover - TLS wrappers and odd sockets
+            pass
+
+    def _paho_on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._call_soon(self._log_connect_failure, str(reason))
+            return
+        self._call_soon(self._handle_connected)
+
+    def _paho_on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._call_soon(self._log_unreachable)
+
+    def _paho_on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._call_soon(self._handle_disconnected, str(reason))
+
+    def _paho_on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._on_message is not None:
+            self._call_soon(self._on_message, Message(message.topic, bytes(message.payload), bool(message.retain)))
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # loop closed between the check and the call
+            pass
+
+    # --- event loop side -----------------------------------------------------------------------
+
+    def _log_connect_failure(self, reason: str) -> None:
+        _LOGGER.warning("MQTT broker %s refused the connection: %s", self.address, reason)
+
+    def _log_unreachable(self) -> None:
+        self._connect_failures += 1
+        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
+        _LOGGER.log(level, "cannot reach MQTT broker %s; retrying every %.0f s at most (attempt %d)",
+                    self.address, self.config.reconnect_max_delay, self._connect_failures)
+
+    def _handle_connected(self) -> None:
+        self._connect_failures = 0
+        self.connect_count += 1
+        if self.connect_count == 1:
+            _LOGGER.info("connected to MQTT broker %s as %s", self.address, self.client_id)
+        else:
+            _LOGGER.info("reconnected to MQTT broker %s (connection %d)", self.address, self.connect_count)
+        self.connected.set()
+        for topic_filter, qos in self._subscriptions.items():
+            self._client.subscribe(topic_filter, qos)
+        for topic, (payload, qos) in self._retained.items():
+            self._client.publish(topic, payload, qos=qos, retain=True)
+        for handler in self._connect_handlers:
+            try:
+                handler()
+            except Exception:
+                _LOGGER.exception("MQTT connect handler %r failed", handler)
+
+    def _handle_disconnected(self, reason: str) -> None:
+        if self.connected.is_set():
+            _LOGGER.warning("lost MQTT broker %s (%s); reconnecting", self.address, reason)
+        self.connected.clear()
+
+
+def _wait_published(infos: list[paho.MQTTMessageInfo], timeout: float) -> None:
+    for info in infos:
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return

@@ -1,0 +1,321 @@
+"""JSON payloads of the MQTT contract: encoding, and strict parsing of what arrives from the broker.
+
+Every parser raises :class:`PayloadError` with a reason that names the offending key; callers log
+it with the topic and drop the message. Nothing here trusts the broker: payloads may be truncated,
+hand-published with mosquitto_pub, or from an older/newer schema.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+from shared import registers
+from shared.topics import SCHEMA, valid_device_id
+
+Platform = Literal["sensor", "binary_sensor"]
+STATE_CLASSES: Final = ("measurement", "total_increasing", "total", "")
+ENTITY_CATEGORIES: Final = ("diagnostic", "config", "")
+MAX_PAYLOAD: Final = 256 * 1024
+
+
+class PayloadError(ValueError):
+    """A payload that does not follow the contract."""
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads_object(payload: bytes | bytearray | str) -> dict[str, Any]:
+    """Parse a JSON object with a compatible schema number."""
+    if len(payload) > MAX_PAYLOAD:
+        raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise PayloadError(f"expected a JSON object, got {type(obj).__name__}")
+    schema = obj.get("schema")
+    if schema != SCHEMA:
+        raise PayloadError(f"unsupported schema {schema!r} (expected {SCHEMA})")
+    return obj
+
+
+def _number(obj: Mapping[str, Any], key: str, *, required: bool = False) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise PayloadError(f"missing {key!r}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PayloadError(f"{key!r} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise PayloadError(f"{key!r} is not finite")
+    return float(value)
+
+
+def _number_list(obj: Mapping[str, Any], key: str) -> tuple[float, ...] | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > 32:
+        raise PayloadError(f"{key!r} must be a list of at most 32 numbers")
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise PayloadError(f"{key!r} holds a non-numeric or non-finite item")
+        out.append(float(item))
+    return tuple(out)
+
+
+def _text(obj: Mapping[str, Any], key: str, *, limit: int = 120) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise PayloadError(f"{key!r} must be a string of at most {limit} characters")
+    return value
+
+
+def _bool(obj: Mapping[str, Any], key: str) -> bool | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise PayloadError(f"{key!r} must be true or false")
+    return value
+
+
+# --- battery readings (reader -> aggregator) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One battery's reading of one cycle; absent fields were not read successfully this cycle."""
+
+    ts: float
+    bt2: str
+    slave_id: int
+    complete: bool
+    voltage: float | None = None
+    current: float | None = None
+    remaining_charge: float | None = None
+    capacity: float | None = None
+    cycle_count: int | None = None
+    cell_voltages: tuple[float, ...] | None = None
+    temperatures: tuple[float, ...] | None = None
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+    status: Mapping[str, int | bool] = field(default_factory=dict)
+    boot_id: str | None = None
+
+    @property
+    def power(self) -> float | None:
+        if self.voltage is None or self.current is None:
+            return None
+        return self.voltage * self.current
+
+
+STATUS_KEYS: Final = (
+    "other_alarms", "status1", "status2", "status3", "charge_discharge_status",
+    "cell_voltage_alarms", "cell_temperature_alarms",
+)
+STATUS_FLAGS: Final = ("charge_mosfet_on", "discharge_mosfet_on", "fully_charged", "heater_on")
+
+
+def parse_reading(payload: bytes | bytearray | str, *, bt2: str | None = None, slave_id: int | None = None) -> Reading:
+    """Validate a reading payload; topic identity (when given) must agree with the body."""
+    obj = loads_object(payload)
+    ts = _number(obj, "ts", required=True)
+    assert ts is not None
+    if ts <= 0:
+        raise PayloadError("'ts' must be a positive epoch time")
+    body_bt2 = _text(obj, "bt2", limit=12)
+    if body_bt2 is None:
+        raise PayloadError("missing 'bt2'")
+    slave = obj.get("slave_id")
+    if isinstance(slave, bool) or not isinstance(slave, int) or not 0 < slave < 256:
+        raise PayloadError("'slave_id' must be an integer 1..255")
+    if bt2 is not None and body_bt2 != bt2:
+        raise PayloadError(f"body bt2 {body_bt2!r} differs from topic {bt2!r}")
+    if slave_id is not None and slave != slave_id:
+        raise PayloadError(f"body slave_id {slave} differs from topic {slave_id}")
+    complete = _bool(obj, "complete")
+    cycle = _number(obj, "cycle_count")
+    values: dict[str, Any] = {
+        "voltage": _number(obj, "voltage"),
+        "current": _number(obj, "current"),
+        "remaining_charge": _number(obj, "remaining_charge"),
+        "capacity": _number(obj, "capacity"),
+        "cell_voltages": _number_list(obj, "cell_voltages"),
+        "temperatures": _number_list(obj, "temperatures"),
+    }
+    plausibility = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+    try:
+        registers.check_plausible(plausibility)
+    except registers.BlockError as exc:
+        raise PayloadError(f"implausible value: {exc}") from None
+    status: dict[str, int | bool] = {}
+    for key in STATUS_KEYS:
+        number = _number(obj, key)
+        if number is not None:
+            status[key] = int(number)
+    for key in STATUS_FLAGS:
+        flag = _bool(obj, key)
+        if flag is not None:
+            status[key] = flag
+    return Reading(
+        ts=ts,
+        bt2=body_bt2,
+        slave_id=slave,
+        complete=bool(complete),
+        cycle_count=None if cycle is None else int(cycle),
+        model=_text(obj, "model", limit=32),
+        serial=_text(obj, "serial", limit=32),
+        firmware=_text(obj, "firmware", limit=16),
+        status=status,
+        boot_id=_text(obj, "boot_id", limit=64),
+        **values,
+    )
+
+
+# --- device documents (aggregator -> gateway) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySpec:
+    key: str
+    name: str
+    unit: str | None = None
+    device_class: str | None = None
+    state_class: str | None = None
+    accuracy: int = 0
+    icon: str | None = None
+    entity_category: str | None = None
+    platform: Platform = "sensor"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "name": self.name, "unit": self.unit, "device_class": self.device_class,
+            "state_class": self.state_class, "accuracy": self.accuracy, "icon": self.icon,
+            "entity_category": self.entity_category, "platform": self.platform,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    id: str
+    name: str
+    model: str | None = None
+    manufacturer: str | None = None
+    serial: str | None = None
+    via_device: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "model": self.model, "manufacturer": self.manufacturer,
+            "serial": self.serial, "via_device": self.via_device,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    device: DeviceInfo
+    entities: tuple[EntitySpec, ...]
+
+    def to_payload(self) -> bytes:
+        return dumps({"schema": SCHEMA, "device": self.device.to_json(),
+                      "entities": [e.to_json() for e in self.entities]})
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    ts: float
+    values: Mapping[str, float | bool | None]
+
+    def to_payload(self) -> bytes:
+        return dumps({"schema": SCHEMA, "ts": self.ts, "values": dict(self.values)})
+
+
+def parse_device_config(payload: bytes | bytearray | str) -> DeviceConfig:
+    obj = loads_object(payload)
+    device = obj.get("device")
+    if not isinstance(device, dict):
+        raise PayloadError("missing 'device' object")
+    device_id = _text(device, "id", limit=64)
+    if device_id is None or not valid_device_id(device_id):
+        raise PayloadError("'device.id' must be 1-64 characters of a-z, 0-9 and '_'")
+    name = _text(device, "name")
+    if not name:
+        raise PayloadError("missing 'device.name'")
+    info = DeviceInfo(
+        id=device_id,
+        name=name,
+        model=_text(device, "model"),
+        manufacturer=_text(device, "manufacturer", limit=64),
+        serial=_text(device, "serial", limit=64),
+        via_device=_text(device, "via_device", limit=64),
+    )
+    raw_entities = obj.get("entities")
+    if not isinstance(raw_entities, list) or len(raw_entities) > 256:
+        raise PayloadError("'entities' must be a list of at most 256 entities")
+    entities: list[EntitySpec] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_entities):
+        if not isinstance(raw, dict):
+            raise PayloadError(f"entities[{index}] is not an object")
+        key = _text(raw, "key", limit=64)
+        if not key or not valid_device_id(key) or key in seen:
+            raise PayloadError(f"entities[{index}].key must be a unique id of a-z, 0-9 and '_'")
+        seen.add(key)
+        accuracy = raw.get("accuracy", 0)
+        if isinstance(accuracy, bool) or not isinstance(accuracy, int) or not 0 <= accuracy <= 6:
+            raise PayloadError(f"entities[{index}].accuracy must be an integer 0..6")
+        state_class = _text(raw, "state_class", limit=32)
+        if state_class is not None and state_class not in STATE_CLASSES:
+            raise PayloadError(f"entities[{index}].state_class {state_class!r} is unknown")
+        category = _text(raw, "entity_category", limit=32)
+        if category is not None and category not in ENTITY_CATEGORIES:
+            raise PayloadError(f"entities[{index}].entity_category {category!r} is unknown")
+        platform = raw.get("platform", "sensor")
+        if platform not in ("sensor", "binary_sensor"):
+            raise PayloadError(f"entities[{index}].platform {platform!r} is unknown")
+        entities.append(
+            EntitySpec(
+                key=key,
+                name=_text(raw, "name") or key,
+                unit=_text(raw, "unit", limit=32),
+                device_class=_text(raw, "device_class", limit=47),
+                state_class=state_class,
+                accuracy=accuracy,
+                icon=_text(raw, "icon", limit=63),
+                entity_category=category,
+                platform=platform,
+            )
+        )
+    return DeviceConfig(info, tuple(entities))
+
+
+def parse_device_state(payload: bytes | bytearray | str) -> DeviceState:
+    obj = loads_object(payload)
+    ts = _number(obj, "ts", required=True)
+    assert ts is not None
+    raw_values = obj.get("values")
+    if not isinstance(raw_values, dict) or len(raw_values) > 256:
+        raise PayloadError("'values' must be an object of at most 256 entries")
+    values: dict[str, float | bool | None] = {}
+    for key, value in raw_values.items():
+        if value is None or isinstance(value, bool):
+            values[key] = value
+        elif isinstance(value, int | float) and math.isfinite(value):
+            values[key] = float(value)
+        else:
+            raise PayloadError(f"values[{key!r}] must be a finite number, true/false or null")
+    return DeviceState(ts, values)

@@ -1,0 +1,255 @@
+"""The Renogy smart-battery register map as one declarative table, and the decoder it drives.
+
+Addresses, widths and scales follow the Lithium Iron Battery BMS Modbus Protocol V1.7, confirmed by
+every published capture: cells and module voltage 0.1 V, temperatures 0.1 °C signed, current int16
+0.01 A (+ = charging) except on built-in-Bluetooth "Pro" packs (0.1 A), capacities u32 high word
+first in mAh. The field names are the keys of the MQTT reading payload.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Literal
+
+Kind = Literal["u16", "s16", "u32", "ascii"]
+Value = int | float | str | list[float] | list[int]
+
+
+class Family(StrEnum):
+    """Battery families that differ in how they scale the current register."""
+
+    BT2 = "bt2"  # packs behind a BT-2 (and older built-in BT-TH-* packs): 0.01 A
+    PRO = "pro"  # built-in-Bluetooth RNGRBP*/RNGC* packs: 0.1 A
+
+
+CURRENT_SCALE: Final[dict[Family, float]] = {Family.BT2: 0.01, Family.PRO: 0.1}
+PRO_NAME_PREFIXES: Final = ("RNGRBP", "RNGC")
+
+
+def family_for_name(ble_name: str | None) -> Family:
+    """The family implied by a BLE advertised name (padded names are common; strip first)."""
+    name = (ble_name or "").strip().upper()
+    return Family.PRO if name.startswith(PRO_NAME_PREFIXES) else Family.BT2
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One register field. ``count_field`` marks an array whose used length is another field."""
+
+    address: int
+    words: int
+    name: str
+    kind: Kind
+    scale: float = 1.0
+    unit: str | None = None
+    count_field: str | None = None
+    description: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.address + self.words
+
+    @property
+    def is_array(self) -> bool:
+        return self.count_field is not None
+
+
+def _f(address: int, words: int, name: str, kind: Kind, scale: float = 1.0, unit: str | None = None,
+       count_field: str | None = None, description: str = "") -> Field:
+    return Field(address, words, name, kind, scale, unit, count_field, description)
+
+
+REGISTER_MAP: Final[tuple[Field, ...]] = (
+    _f(5000, 1, "cell_count", "u16", description="number of cells in series (<= 16)"),
+    _f(5001, 16, "cell_voltages", "u16", 0.1, "V", "cell_count", "cell voltages; unused cells read 0"),
+    _f(5017, 1, "temperature_count", "u16", description="number of cell temperature sensors (<= 16)"),
+    _f(5018, 16, "temperatures", "s16", 0.1, "°C", "temperature_count", "cell temperatures"),
+    _f(5035, 1, "bms_temperature", "s16", 0.1, "°C", description="BMS board temperature"),
+    _f(5036, 1, "environment_temperature_count", "u16"),
+    _f(5037, 2, "environment_temperatures", "s16", 0.1, "°C", "environment_temperature_count"),
+    _f(5039, 1, "heater_temperature_count", "u16"),
+    _f(5040, 2, "heater_temperatures", "s16", 0.1, "°C", "heater_temperature_count"),
+    _f(5042, 1, "current", "s16", 0.01, "A", description="pack current, + = charging (0.1 A on Pro packs)"),
+    _f(5043, 1, "voltage", "u16", 0.1, "V", description="module voltage"),
+    _f(5044, 2, "remaining_charge", "u32", 0.001, "Ah"),
+    _f(5046, 2, "capacity", "u32", 0.001, "Ah", description="total (full) capacity"),
+    _f(5048, 1, "cycle_count", "u16"),
+    _f(5049, 1, "charge_voltage_limit", "u16", 0.1, "V"),
+    _f(5050, 1, "discharge_voltage_limit", "u16", 0.1, "V"),
+    _f(5051, 1, "charge_current_limit", "u16", 0.01, "A"),
+    _f(5052, 1, "discharge_current_limit", "s16", 0.01, "A"),
+    _f(5100, 2, "cell_voltage_alarms", "u32", description="2 bits per cell: 01 low, 10 high, 11 other"),
+    _f(5102, 2, "cell_temperature_alarms", "u32", description="2 bits per sensor"),
+    _f(5104, 2, "other_alarms", "u32", description="BMS/env/heater temperature and current alarms"),
+    _f(5106, 1, "status1", "u16", description="protection flags and MOSFET state"),
+    _f(5107, 1, "status2", "u16", description="warnings, heater, fully charged"),
+    _f(5108, 1, "status3", "u16", description="bit k-1: cell k voltage error"),
+    _f(5109, 1, "charge_discharge_status", "u16"),
+    _f(5110, 8, "serial", "ascii", description="serial number (not unique across packs)"),
+    _f(5118, 1, "manufacture_version", "ascii"),
+    _f(5119, 2, "mainline_version", "ascii"),
+    _f(5121, 1, "comm_protocol_version", "ascii"),
+    _f(5122, 8, "model", "ascii"),
+    _f(5130, 2, "firmware", "ascii"),
+    _f(5132, 10, "manufacturer", "ascii"),
+    _f(5223, 1, "device_address", "u16", description="Modbus slave id"),
+)
+
+FIELDS_BY_NAME: Final[dict[str, Field]] = {f.name: f for f in REGISTER_MAP}
+MAPPED_REGISTERS: Final[frozenset[int]] = frozenset(
+    address for f in REGISTER_MAP for address in range(f.address, f.end)
+)
+
+# Blocks the reader requests: (start, words).
+BLOCK_STATUS: Final = (5042, 7)  # current, voltage, remaining, capacity, cycle count
+BLOCK_CELLS: Final = (5000, 34)  # cell count + 16 cells, temperature count + 16 temperatures
+BLOCK_INFO: Final = (5104, 28)  # alarms, status words, serial, versions, model, firmware
+
+# Physical ranges; a decoded value outside them is never published.
+CELL_VOLTAGE_RANGE: Final = (2.0, 4.5)
+TEMPERATURE_RANGE: Final = (-40.0, 90.0)
+VOLTAGE_RANGE: Final = (0.0, 80.0)
+MAX_ABS_CURRENT: Final = 500.0
+CAPACITY_RANGE: Final = (0.0, 2000.0)
+REMAINING_MAX_RATIO: Final = 1.2
+
+_STATUS1_BITS: Final = {1: "charge_mosfet_on", 2: "discharge_mosfet_on"}
+_STATUS2_BITS: Final = {11: "fully_charged", 13: "heater_on"}
+
+
+class BlockError(ValueError):
+    """A block that cannot be decoded or holds physically impossible values."""
+
+
+def block_is_mapped(start: int, words: int) -> bool:
+    """A real battery answers exception 02 when a read touches an unmapped register."""
+    return all(address in MAPPED_REGISTERS for address in range(start, start + words))
+
+
+def fields_in_block(start: int, words: int) -> list[Field]:
+    end = start + words
+    return [f for f in REGISTER_MAP if f.address >= start and f.end <= end]
+
+
+def _word_value(kind: Kind, words: Sequence[int]) -> int:
+    if kind == "u16":
+        return words[0]
+    if kind == "s16":
+        return words[0] - 0x10000 if words[0] & 0x8000 else words[0]
+    return (words[0] << 16) | words[1]
+
+
+def _ascii(words: Sequence[int]) -> str:
+    raw = b"".join(w.to_bytes(2, "big") for w in words)
+    return raw.replace(b"\x00", b" ").decode("ascii", errors="replace").strip()
+
+
+def _scaled(raw: int, scale: float) -> float:
+    # Round to the register's resolution so 0.1 * 34 prints as 3.4, not 3.4000000000000004.
+    digits = max(0, -math.floor(math.log10(scale))) if scale < 1 else 0
+    return round(raw * scale, digits)
+
+
+def decode_block(
+    start: int, registers: Sequence[int], *, family: Family = Family.BT2
+) -> dict[str, Value]:
+    """Decode every field that lies wholly inside the block ``start .. start+len(registers)``.
+
+    Arrays are cut to their count when the count register is in the block. Flags derived from the
+    status words are added as booleans. Raises BlockError for a count larger than its array.
+    """
+    out: dict[str, Value] = {}
+    for field in fields_in_block(start, len(registers)):
+        words = registers[field.address - start : field.end - start]
+        if field.kind == "ascii":
+            out[field.name] = _ascii(words)
+            continue
+        scale = CURRENT_SCALE[family] if field.name == "current" else field.scale
+        if field.is_array:
+            values = [_word_value(field.kind, [w]) for w in words]
+            count = out.get(field.count_field or "")
+            if isinstance(count, int):
+                if count > field.words:
+                    raise BlockError(f"{field.count_field} = {count} exceeds the {field.words} registers")
+                values = values[:count]
+            out[field.name] = [_scaled(v, scale) for v in values]
+        elif scale == 1.0:
+            out[field.name] = _word_value(field.kind, words)
+        else:
+            out[field.name] = _scaled(_word_value(field.kind, words), scale)
+    for status, bits in (("status1", _STATUS1_BITS), ("status2", _STATUS2_BITS)):
+        word = out.get(status)
+        if isinstance(word, int):
+            for bit, flag in bits.items():
+                out[flag] = bool(word >> bit & 1)
+    return out
+
+
+def encode_block(start: int, words: int, values: Mapping[str, Value], *, family: Family = Family.BT2) -> list[int]:
+    """Inverse of :func:`decode_block` (the simulator's side); unmapped or absent fields read 0."""
+    registers = [0] * words
+    for field in fields_in_block(start, words):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        offset = field.address - start
+        if field.kind == "ascii":
+            raw = str(value).encode("ascii")[: 2 * field.words].ljust(2 * field.words, b"\x00")
+            for k in range(field.words):
+                registers[offset + k] = int.from_bytes(raw[2 * k : 2 * k + 2], "big")
+            continue
+        scale = CURRENT_SCALE[family] if field.name == "current" else field.scale
+        items = list(value) if isinstance(value, list) else [value]  # type: ignore[list-item]
+        raws = [_to_raw(float(v), scale) for v in items]
+        if field.kind == "u32":
+            registers[offset] = raws[0] >> 16 & 0xFFFF
+            registers[offset + 1] = raws[0] & 0xFFFF
+        else:
+            for k, raw_value in enumerate(raws[: field.words]):
+                registers[offset + k] = raw_value & 0xFFFF
+    return registers
+
+
+def _to_raw(value: float, scale: float) -> int:
+    return round(value / scale)
+
+
+def check_plausible(values: Mapping[str, Value]) -> None:
+    """Raise BlockError naming the first value outside its physical range."""
+
+    def within(name: str, low: float, high: float) -> None:
+        value = values.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+            raise BlockError(f"{name} = {value} outside {low}..{high}")
+
+    within("voltage", *VOLTAGE_RANGE)
+    within("current", -MAX_ABS_CURRENT, MAX_ABS_CURRENT)
+    within("capacity", *CAPACITY_RANGE)
+    remaining, capacity = values.get("remaining_charge"), values.get("capacity")
+    if isinstance(remaining, float) and isinstance(capacity, float):
+        if remaining < 0 or remaining > REMAINING_MAX_RATIO * capacity:
+            raise BlockError(f"remaining_charge = {remaining} Ah with capacity {capacity} Ah")
+    for name, (low, high) in (("cell_voltages", CELL_VOLTAGE_RANGE), ("temperatures", TEMPERATURE_RANGE)):
+        series = values.get(name)
+        if isinstance(series, list):
+            for index, item in enumerate(series, start=1):
+                if not low <= item <= high:
+                    raise BlockError(f"{name}[{index}] = {item} outside {low}..{high}")
+
+
+def decode_checked(start: int, registers: Sequence[int], *, family: Family = Family.BT2) -> dict[str, Value]:
+    """Decode a block and refuse it if any value is outside its physical range."""
+    values = decode_block(start, registers, family=family)
+    check_plausible(values)
+    return values
+
+
+def describe(fields: Iterable[Field] = REGISTER_MAP) -> list[dict[str, object]]:
+    """The table as plain data (for docs and the ``decode`` command)."""
+    return [
+        {"address": f.address, "words": f.words, "field": f.name, "kind": f.kind, "scale": f.scale, "unit": f.unit}
+        for f in fields
+    ]
