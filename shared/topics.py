@@ -62,6 +62,13 @@ class Topics:
     def advertisements_filter(self) -> str:
         return f"{self.root}/bridge/reader/+/advertisements"
 
+    def scanner_state(self, instance: str) -> str:
+        return f"{self.root}/bridge/reader/{instance}/scanner"
+
+    @property
+    def scanner_state_filter(self) -> str:
+        return f"{self.root}/bridge/reader/+/scanner"
+
     def scanner_set(self, instance: str) -> str:
         return f"{self.root}/bridge/reader/{instance}/scanner/set"
 
