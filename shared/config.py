@@ -24,6 +24,7 @@ import orjson
 from shared.noise_key import InvalidKeyError, decode_key
 
 ENV_PREFIX = "RENOGY_"
+_UNSET: Any = object()
 _MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]?){5}[0-9A-Fa-f]{2}$")
 _NAME_RE = re.compile(r"^[a-z0-9-]{1,31}$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -36,32 +37,51 @@ class ConfigError(ValueError):
 def setting(
     default: Any,
     env: str,
-    help: str,  # noqa: A002 - reads naturally at the call sites
+    help: str,
     *,
     secret: bool = False,
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
 ) -> Any:
-    meta = {"env": env, "help": help, "secret": secret, "choices": choices, "minimum": minimum, "maximum": maximum}
+    meta = {
+        "env": env,
+        "help": help,
+        "secret": secret,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+    }
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: default.copy(), metadata=meta)
+        return field(default_factory=default.copy, metadata=meta)
     return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    url: str = setting("mqtt://127.0.0.1:1883", "RENOGY_MQTT_URL", "Broker URL: mqtt://host:port or mqtts://host:port")
+    url: str = setting(
+        "mqtt://127.0.0.1:1883", "RENOGY_MQTT_URL", "Broker URL: mqtt://host:port or mqtts://host:port"
+    )
     username: str | None = setting(None, "RENOGY_MQTT_USERNAME", "Broker user name")
     password: str | None = setting(None, "RENOGY_MQTT_PASSWORD", "Broker password", secret=True)
     root_topic: str = setting("renogy", "RENOGY_ROOT_TOPIC", "First level of every topic")
-    ca_file: Path | None = setting(None, "RENOGY_MQTT_CA_FILE", "CA bundle for mqtts:// (system CAs when unset)")
+    ca_file: Path | None = setting(
+        None, "RENOGY_MQTT_CA_FILE", "CA bundle for mqtts:// (system CAs when unset)"
+    )
     cert_file: Path | None = setting(None, "RENOGY_MQTT_CERT_FILE", "Client certificate for mutual TLS")
     key_file: Path | None = setting(None, "RENOGY_MQTT_KEY_FILE", "Client key for mutual TLS", secret=True)
-    tls_insecure: bool = setting(False, "RENOGY_MQTT_TLS_INSECURE", "Skip broker certificate host-name checks")
-    keepalive: int = setting(30, "RENOGY_MQTT_KEEPALIVE", "MQTT keep-alive in seconds", minimum=5, maximum=3600)
+    tls_insecure: bool = setting(
+        False, "RENOGY_MQTT_TLS_INSECURE", "Skip broker certificate host-name checks"
+    )
+    keepalive: int = setting(
+        30, "RENOGY_MQTT_KEEPALIVE", "MQTT keep-alive in seconds", minimum=5, maximum=3600
+    )
     reconnect_max_delay: float = setting(
-        2.0, "RENOGY_MQTT_RECONNECT_MAX_DELAY", "Cap of the reconnect backoff in seconds", minimum=0.1, maximum=300
+        2.0,
+        "RENOGY_MQTT_RECONNECT_MAX_DELAY",
+        "Cap of the reconnect backoff in seconds",
+        minimum=0.1,
+        maximum=300,
     )
 
 
@@ -80,17 +100,26 @@ class ReaderConfig:
     request_timeout: float = setting(
         1.5, "RENOGY_REQUEST_TIMEOUT", "Deadline of one Modbus read in seconds", minimum=0.05, maximum=30
     )
-    retries: int = setting(2, "RENOGY_RETRIES", "Extra attempts per read after a failure", minimum=0, maximum=10)
+    retries: int = setting(
+        2, "RENOGY_RETRIES", "Extra attempts per read after a failure", minimum=0, maximum=10
+    )
     info_interval: float = setting(
-        600.0, "RENOGY_INFO_INTERVAL", "Seconds between reads of serial/model/firmware/alarms (5104 x 28)", minimum=0
+        600.0,
+        "RENOGY_INFO_INTERVAL",
+        "Seconds between reads of serial/model/firmware/alarms (5104 x 28)",
+        minimum=0,
     )
     keep_connected: bool = setting(
-        True, "RENOGY_KEEP_CONNECTED", "Hold the BT-2 connection between cycles (false lets the Renogy app in)"
+        True,
+        "RENOGY_KEEP_CONNECTED",
+        "Hold the BT-2 connection between cycles (false lets the Renogy app in)",
     )
     connect_timeout: float = setting(
         20.0, "RENOGY_CONNECT_TIMEOUT", "Deadline of connect + notification setup in seconds", minimum=1
     )
-    scan_timeout: float = setting(15.0, "RENOGY_SCAN_TIMEOUT", "Deadline of the BT-2 search in seconds", minimum=1)
+    scan_timeout: float = setting(
+        15.0, "RENOGY_SCAN_TIMEOUT", "Deadline of the BT-2 search in seconds", minimum=1
+    )
     watchdog_cycles: int = setting(
         5, "RENOGY_WATCHDOG_CYCLES", "Cycles without a good reading before escalating recovery", minimum=1
     )
@@ -99,50 +128,87 @@ class ReaderConfig:
     )
     proxy: bool = setting(True, "RENOGY_PROXY", "Forward BLE advertisements for the Bluetooth proxy")
     backend: str | None = setting(
-        None, "RENOGY_BLE_BACKEND", "Custom bleak client backend as module:Class (scanner: module:Class of the scanner)"
+        None,
+        "RENOGY_BLE_BACKEND",
+        "Custom bleak client backend as module:Class (scanner: module:Class of the scanner)",
     )
     current_scale: str = setting(
-        "auto", "RENOGY_CURRENT_SCALE", "Current register scale: auto (by family), 0.01 or 0.1",
+        "auto",
+        "RENOGY_CURRENT_SCALE",
+        "Current register scale: auto (by family), 0.01 or 0.1",
         choices=("auto", "0.01", "0.1"),
     )
     capture_file: Path | None = setting(
-        None, "RENOGY_CAPTURE_FILE", "Append every request/response with timing as JSON lines (for bug reports)"
+        None,
+        "RENOGY_CAPTURE_FILE",
+        "Append every request/response with timing as JSON lines (for bug reports)",
     )
 
 
 @dataclass(frozen=True, slots=True)
 class SimulatorConfig:
     enabled: bool = setting(False, "RENOGY_SIMULATE", "Use the built-in BT-2 simulator instead of Bluetooth")
-    batteries: list[int] = setting([48, 49, 50, 51], "RENOGY_SIM_BATTERIES", "Slave ids of simulated batteries")
-    speed: float = setting(1.0, "RENOGY_SIM_SPEED", "Simulated-time acceleration of the battery physics", minimum=0)
+    batteries: list[int] = setting(
+        [48, 49, 50, 51], "RENOGY_SIM_BATTERIES", "Slave ids of simulated batteries"
+    )
+    speed: float = setting(
+        1.0, "RENOGY_SIM_SPEED", "Simulated-time acceleration of the battery physics", minimum=0
+    )
     latency_scale: float = setting(
-        1.0, "RENOGY_SIM_LATENCY_SCALE", "Multiplier of the modelled BLE/RS485 latencies (0 = instant)", minimum=0
+        1.0,
+        "RENOGY_SIM_LATENCY_SCALE",
+        "Multiplier of the modelled BLE/RS485 latencies (0 = instant)",
+        minimum=0,
     )
     seed: int = setting(0, "RENOGY_SIM_SEED", "Random seed of physics noise and faults")
     fault_rate: float = setting(
         0.0, "RENOGY_SIM_FAULT_RATE", "Share of requests hit by an injected fault", minimum=0, maximum=1
     )
-    mtu: int = setting(251, "RENOGY_SIM_MTU", "ATT MTU: 251 (one notification per reply) or 23 (20-byte chunks)",
-                       minimum=23, maximum=517)
-    truth_log: Path | None = setting(None, "RENOGY_SIM_TRUTH_LOG", "Write every genuine reply as JSON lines here")
+    mtu: int = setting(
+        251,
+        "RENOGY_SIM_MTU",
+        "ATT MTU: 251 (one notification per reply) or 23 (20-byte chunks)",
+        minimum=23,
+        maximum=517,
+    )
+    truth_log: Path | None = setting(
+        None, "RENOGY_SIM_TRUTH_LOG", "Write every genuine reply as JSON lines here"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class AggregatorConfig:
-    instance: str = setting("default", "RENOGY_AGGREGATOR_INSTANCE", "Name of this aggregator in bridge topics")
+    instance: str = setting(
+        "default", "RENOGY_AGGREGATOR_INSTANCE", "Name of this aggregator in bridge topics"
+    )
     profile: str = setting(
-        "default", "RENOGY_PROFILE", "Entity set: default (55 for 4 batteries) or extended",
+        "default",
+        "RENOGY_PROFILE",
+        "Entity set: default (55 for 4 batteries) or extended",
         choices=("default", "extended"),
     )
     max_gap: float | None = setting(
-        None, "RENOGY_MAX_GAP", "Longest interval integrated into energy, s (default 3 x poll interval)", minimum=0
+        None,
+        "RENOGY_MAX_GAP",
+        "Longest interval integrated into energy, s (default 3 x poll interval)",
+        minimum=0,
     )
     stale_after: float | None = setting(
-        None, "RENOGY_STALE_AFTER", "Age after which a value becomes unknown, s (default 3 x poll interval)", minimum=0
+        None,
+        "RENOGY_STALE_AFTER",
+        "Age after which a value becomes unknown, s (default 3 x poll interval)",
+        minimum=0,
     )
     banks: list[dict[str, Any]] = setting(
-        [], "RENOGY_BANKS",
+        [],
+        "RENOGY_BANKS",
         'Banks as a list of {"id", "name", "batteries": ["<bt2>:<slave>" or slave id]}; empty = one bank of all',
+    )
+    batteries: list[dict[str, Any]] = setting(
+        [],
+        "RENOGY_AGGREGATOR_BATTERIES",
+        'Per-battery device ids/names as a list of {"slave_id", "bt2" (optional), "id", "name"}; '
+        "gives one of two BT-2s that report the same slave id its own device",
     )
 
 
@@ -156,11 +222,17 @@ class GatewayConfig:
     )
     name: str = setting("renogy-bt-proxy", "RENOGY_NAME", "Node name: [a-z0-9-], at most 31 characters")
     friendly_name: str = setting("Renogy BT Proxy", "RENOGY_FRIENDLY_NAME", "Name shown in Home Assistant")
-    mac: str | None = setting(None, "RENOGY_MAC", "MAC address reported to Home Assistant (default: host NIC)")
+    mac: str | None = setting(
+        None, "RENOGY_MAC", "MAC address reported to Home Assistant (default: host NIC)"
+    )
     mdns: bool = setting(True, "RENOGY_MDNS", "Announce _esphomelib._tcp on the LAN")
-    max_clients: int = setting(16, "RENOGY_MAX_CLIENTS", "Simultaneous API connections", minimum=1, maximum=256)
+    max_clients: int = setting(
+        16, "RENOGY_MAX_CLIENTS", "Simultaneous API connections", minimum=1, maximum=256
+    )
     discovery: bool = setting(
-        False, "RENOGY_HA_DISCOVERY", "Also publish Home Assistant MQTT discovery (duplicates the API entities)"
+        False,
+        "RENOGY_HA_DISCOVERY",
+        "Also publish Home Assistant MQTT discovery (duplicates the API entities)",
     )
 
 
@@ -218,8 +290,14 @@ class SettingInfo:
 def settings() -> Iterator[SettingInfo]:
     """Every configurable key, in file order."""
     for path, fld, hint in _walk():
-        yield SettingInfo(path, fld.metadata["env"], _default_of(fld), fld.metadata["help"], fld.metadata["secret"],
-                          _type_name(hint))
+        yield SettingInfo(
+            path,
+            fld.metadata["env"],
+            _default_of(fld),
+            fld.metadata["help"],
+            fld.metadata["secret"],
+            _type_name(hint),
+        )
 
 
 def _walk() -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
@@ -270,11 +348,10 @@ def load_config(
     raw: dict[str, dict[str, Any]] = {"": {}}
     for name in _SECTIONS:
         raw[name] = {}
-    known_env = set()
     for key_path, fld, hint in _walk():
         section, _, key = key_path.rpartition(".")
-        known_env.add(fld.metadata["env"])
-        source, value = None, dataclasses.MISSING
+        source: str | None = None
+        value: Any = _UNSET
         file_section = file_values.get(section, {}) if section else file_values
         if key in file_section:
             source, value = f"{key_path} in {path}", file_section[key]
@@ -283,7 +360,7 @@ def load_config(
             source, value = f"{key_path} (environment {env_name})", _from_env(environ[env_name], hint)
         if overrides and key_path in overrides and overrides[key_path] is not None:
             source, value = f"{key_path} (command line)", overrides[key_path]
-        if value is dataclasses.MISSING:
+        if value is _UNSET:
             continue
         raw[section][key] = _validate(source or key_path, value, hint, fld.metadata)
     _check_unknown(file_values, path)
@@ -404,7 +481,10 @@ def _cross_check(config: Config) -> None:
         raise ConfigError(f"gateway.mac: {gateway.mac!r} is not a MAC address")
     if config.reader.bt2_address is not None and not _MAC_RE.match(config.reader.bt2_address):
         raise ConfigError(f"reader.bt2_address: {config.reader.bt2_address!r} is not a MAC address")
-    for key, ids in (("reader.batteries", config.reader.batteries), ("simulator.batteries", config.simulator.batteries)):
+    for key, ids in (
+        ("reader.batteries", config.reader.batteries),
+        ("simulator.batteries", config.simulator.batteries),
+    ):
         if not ids:
             raise ConfigError(f"{key}: at least one slave id is required")
         for slave in ids:
@@ -420,7 +500,9 @@ def _cross_check(config: Config) -> None:
         if not _INSTANCE_RE.match(name):
             raise ConfigError(f"{key}: {name!r} must be letters, digits, '_' or '-'")
     if not re.match(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", config.mqtt.root_topic):
-        raise ConfigError(f"mqtt.root_topic: {config.mqtt.root_topic!r} must be topic levels without wildcards")
+        raise ConfigError(
+            f"mqtt.root_topic: {config.mqtt.root_topic!r} must be topic levels without wildcards"
+        )
     if config.reader.backend is not None and ":" not in config.reader.backend:
         raise ConfigError(f"reader.backend: {config.reader.backend!r} must be module:Class")
     if config.gateway.api_key is not None:

@@ -187,7 +187,7 @@ class ResponseAssembler:
         return _merge_garbage(events)
 
     def _slave_matches(self, slave: int) -> bool:
-        return self.expected.slave == BROADCAST_SLAVE or slave == self.expected.slave
+        return self.expected.slave in (BROADCAST_SLAVE, slave)
 
     def _take_frame(self, events: list[AssemblerEvent]) -> bool:
         """Consume one frame or one run of garbage from the buffer; False when more bytes are needed."""
@@ -288,7 +288,9 @@ class ResponseAssembler:
                     frame,
                 ), length
             if self._slave_matches(slave) and buf[2] == 2 * self.expected.count:
-                return FrameError(FrameErrorKind.BAD_CRC, f"CRC mismatch in {length}-byte reply", frame), length
+                return FrameError(
+                    FrameErrorKind.BAD_CRC, f"CRC mismatch in {length}-byte reply", frame
+                ), length
             return self._skip_to_next_start()
         if function & EXCEPTION_FLAG:
             if len(buf) < _EXCEPTION_FRAME_LEN:

@@ -10,6 +10,7 @@ power cut) is repopulated. MQTT 3.1.1 is used so the embedded amqtt broker and M
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -114,6 +115,7 @@ class MqttClient:
         self._client.on_disconnect = self._paho_on_disconnect
         self._client.on_connect_fail = self._paho_on_connect_fail
         self._connect_failures = 0
+        self._stopping = False
         self._client.on_message = self._paho_on_message
 
     # --- life cycle --------------------------------------------------------------------------
@@ -135,9 +137,14 @@ class MqttClient:
     async def stop(self, final: list[tuple[str, bytes]] | None = None, timeout: float = 2.0) -> None:
         """Publish the final retained messages (e.g. 'offline'), then disconnect cleanly."""
         if self.connected.is_set():
-            infos = [self._client.publish(topic, payload, qos=1, retain=True) for topic, payload in final or ()]
+            infos = [
+                self._client.publish(topic, payload, qos=1, retain=True) for topic, payload in final or ()
+            ]
             await asyncio.to_thread(_wait_published, infos, timeout)
-        self._client.disconnect()
+        self._stopping = True
+        self.connected.clear()
+        if self._client.is_connected():
+            self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self.connected.clear()
 
@@ -184,12 +191,12 @@ class MqttClient:
     @staticmethod
     def _on_socket_open(client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho never sets TCP_NODELAY; without it a QoS 1 round trip stalls ~40 ms on delayed ACKs.
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # TLS wrappers and odd sockets
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):  # pragma: no cover - TLS wrappers and odd sockets
-            pass
 
-    def _paho_on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _paho_on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         if reason.is_failure:
             self._call_soon(self._log_connect_failure, str(reason))
             return
@@ -198,21 +205,23 @@ class MqttClient:
     def _paho_on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self._call_soon(self._log_unreachable)
 
-    def _paho_on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _paho_on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         self._call_soon(self._handle_disconnected, str(reason))
 
     def _paho_on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._on_message is not None:
-            self._call_soon(self._on_message, Message(message.topic, bytes(message.payload), bool(message.retain)))
+            self._call_soon(
+                self._on_message, Message(message.topic, bytes(message.payload), bool(message.retain))
+            )
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed between the check and the call
             loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # loop closed between the check and the call
-            pass
 
     # --- event loop side -----------------------------------------------------------------------
 
@@ -222,8 +231,13 @@ class MqttClient:
     def _log_unreachable(self) -> None:
         self._connect_failures += 1
         level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-        _LOGGER.log(level, "cannot reach MQTT broker %s; retrying every %.0f s at most (attempt %d)",
-                    self.address, self.config.reconnect_max_delay, self._connect_failures)
+        _LOGGER.log(
+            level,
+            "cannot reach MQTT broker %s; retrying every %.0f s at most (attempt %d)",
+            self.address,
+            self.config.reconnect_max_delay,
+            self._connect_failures,
+        )
 
     def _handle_connected(self) -> None:
         self._connect_failures = 0
@@ -244,7 +258,7 @@ class MqttClient:
                 _LOGGER.exception("MQTT connect handler %r failed", handler)
 
     def _handle_disconnected(self, reason: str) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             _LOGGER.warning("lost MQTT broker %s (%s); reconnecting", self.address, reason)
         self.connected.clear()
 

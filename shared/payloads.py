@@ -124,13 +124,20 @@ class Reading:
 
 
 STATUS_KEYS: Final = (
-    "other_alarms", "status1", "status2", "status3", "charge_discharge_status",
-    "cell_voltage_alarms", "cell_temperature_alarms",
+    "other_alarms",
+    "status1",
+    "status2",
+    "status3",
+    "charge_discharge_status",
+    "cell_voltage_alarms",
+    "cell_temperature_alarms",
 )
 STATUS_FLAGS: Final = ("charge_mosfet_on", "discharge_mosfet_on", "fully_charged", "heater_on")
 
 
-def parse_reading(payload: bytes | bytearray | str, *, bt2: str | None = None, slave_id: int | None = None) -> Reading:
+def parse_reading(
+    payload: bytes | bytearray | str, *, bt2: str | None = None, slave_id: int | None = None
+) -> Reading:
     """Validate a reading payload; topic identity (when given) must agree with the body."""
     obj = loads_object(payload)
     ts = _number(obj, "ts", required=True)
@@ -203,9 +210,15 @@ class EntitySpec:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key": self.key, "name": self.name, "unit": self.unit, "device_class": self.device_class,
-            "state_class": self.state_class, "accuracy": self.accuracy, "icon": self.icon,
-            "entity_category": self.entity_category, "platform": self.platform,
+            "key": self.key,
+            "name": self.name,
+            "unit": self.unit,
+            "device_class": self.device_class,
+            "state_class": self.state_class,
+            "accuracy": self.accuracy,
+            "icon": self.icon,
+            "entity_category": self.entity_category,
+            "platform": self.platform,
         }
 
 
@@ -220,8 +233,12 @@ class DeviceInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "model": self.model, "manufacturer": self.manufacturer,
-            "serial": self.serial, "via_device": self.via_device,
+            "id": self.id,
+            "name": self.name,
+            "model": self.model,
+            "manufacturer": self.manufacturer,
+            "serial": self.serial,
+            "via_device": self.via_device,
         }
 
 
@@ -231,8 +248,13 @@ class DeviceConfig:
     entities: tuple[EntitySpec, ...]
 
     def to_payload(self) -> bytes:
-        return dumps({"schema": SCHEMA, "device": self.device.to_json(),
-                      "entities": [e.to_json() for e in self.entities]})
+        return dumps(
+            {
+                "schema": SCHEMA,
+                "device": self.device.to_json(),
+                "entities": [e.to_json() for e in self.entities],
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)

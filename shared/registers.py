@@ -57,45 +57,41 @@ class Field:
         return self.count_field is not None
 
 
-def _f(address: int, words: int, name: str, kind: Kind, scale: float = 1.0, unit: str | None = None,
-       count_field: str | None = None, description: str = "") -> Field:
-    return Field(address, words, name, kind, scale, unit, count_field, description)
-
 
 REGISTER_MAP: Final[tuple[Field, ...]] = (
-    _f(5000, 1, "cell_count", "u16", description="number of cells in series (<= 16)"),
-    _f(5001, 16, "cell_voltages", "u16", 0.1, "V", "cell_count", "cell voltages; unused cells read 0"),
-    _f(5017, 1, "temperature_count", "u16", description="number of cell temperature sensors (<= 16)"),
-    _f(5018, 16, "temperatures", "s16", 0.1, "°C", "temperature_count", "cell temperatures"),
-    _f(5035, 1, "bms_temperature", "s16", 0.1, "°C", description="BMS board temperature"),
-    _f(5036, 1, "environment_temperature_count", "u16"),
-    _f(5037, 2, "environment_temperatures", "s16", 0.1, "°C", "environment_temperature_count"),
-    _f(5039, 1, "heater_temperature_count", "u16"),
-    _f(5040, 2, "heater_temperatures", "s16", 0.1, "°C", "heater_temperature_count"),
-    _f(5042, 1, "current", "s16", 0.01, "A", description="pack current, + = charging (0.1 A on Pro packs)"),
-    _f(5043, 1, "voltage", "u16", 0.1, "V", description="module voltage"),
-    _f(5044, 2, "remaining_charge", "u32", 0.001, "Ah"),
-    _f(5046, 2, "capacity", "u32", 0.001, "Ah", description="total (full) capacity"),
-    _f(5048, 1, "cycle_count", "u16"),
-    _f(5049, 1, "charge_voltage_limit", "u16", 0.1, "V"),
-    _f(5050, 1, "discharge_voltage_limit", "u16", 0.1, "V"),
-    _f(5051, 1, "charge_current_limit", "u16", 0.01, "A"),
-    _f(5052, 1, "discharge_current_limit", "s16", 0.01, "A"),
-    _f(5100, 2, "cell_voltage_alarms", "u32", description="2 bits per cell: 01 low, 10 high, 11 other"),
-    _f(5102, 2, "cell_temperature_alarms", "u32", description="2 bits per sensor"),
-    _f(5104, 2, "other_alarms", "u32", description="BMS/env/heater temperature and current alarms"),
-    _f(5106, 1, "status1", "u16", description="protection flags and MOSFET state"),
-    _f(5107, 1, "status2", "u16", description="warnings, heater, fully charged"),
-    _f(5108, 1, "status3", "u16", description="bit k-1: cell k voltage error"),
-    _f(5109, 1, "charge_discharge_status", "u16"),
-    _f(5110, 8, "serial", "ascii", description="serial number (not unique across packs)"),
-    _f(5118, 1, "manufacture_version", "ascii"),
-    _f(5119, 2, "mainline_version", "ascii"),
-    _f(5121, 1, "comm_protocol_version", "ascii"),
-    _f(5122, 8, "model", "ascii"),
-    _f(5130, 2, "firmware", "ascii"),
-    _f(5132, 10, "manufacturer", "ascii"),
-    _f(5223, 1, "device_address", "u16", description="Modbus slave id"),
+    Field(5000, 1, "cell_count", "u16", description="number of cells in series (<= 16)"),
+    Field(5001, 16, "cell_voltages", "u16", 0.1, "V", "cell_count", "cell voltages; unused cells read 0"),
+    Field(5017, 1, "temperature_count", "u16", description="number of cell temperature sensors (<= 16)"),
+    Field(5018, 16, "temperatures", "s16", 0.1, "°C", "temperature_count", "cell temperatures"),
+    Field(5035, 1, "bms_temperature", "s16", 0.1, "°C", description="BMS board temperature"),
+    Field(5036, 1, "environment_temperature_count", "u16"),
+    Field(5037, 2, "environment_temperatures", "s16", 0.1, "°C", "environment_temperature_count"),
+    Field(5039, 1, "heater_temperature_count", "u16"),
+    Field(5040, 2, "heater_temperatures", "s16", 0.1, "°C", "heater_temperature_count"),
+    Field(5042, 1, "current", "s16", 0.01, "A", description="pack current, + = charging (0.1 A on Pro packs)"),
+    Field(5043, 1, "voltage", "u16", 0.1, "V", description="module voltage"),
+    Field(5044, 2, "remaining_charge", "u32", 0.001, "Ah"),
+    Field(5046, 2, "capacity", "u32", 0.001, "Ah", description="total (full) capacity"),
+    Field(5048, 1, "cycle_count", "u16"),
+    Field(5049, 1, "charge_voltage_limit", "u16", 0.1, "V"),
+    Field(5050, 1, "discharge_voltage_limit", "u16", 0.1, "V"),
+    Field(5051, 1, "charge_current_limit", "u16", 0.01, "A"),
+    Field(5052, 1, "discharge_current_limit", "s16", 0.01, "A"),
+    Field(5100, 2, "cell_voltage_alarms", "u32", description="2 bits per cell: 01 low, 10 high, 11 other"),
+    Field(5102, 2, "cell_temperature_alarms", "u32", description="2 bits per sensor"),
+    Field(5104, 2, "other_alarms", "u32", description="BMS/env/heater temperature and current alarms"),
+    Field(5106, 1, "status1", "u16", description="protection flags and MOSFET state"),
+    Field(5107, 1, "status2", "u16", description="warnings, heater, fully charged"),
+    Field(5108, 1, "status3", "u16", description="bit k-1: cell k voltage error"),
+    Field(5109, 1, "charge_discharge_status", "u16"),
+    Field(5110, 8, "serial", "ascii", description="serial number (not unique across packs)"),
+    Field(5118, 1, "manufacture_version", "ascii"),
+    Field(5119, 2, "mainline_version", "ascii"),
+    Field(5121, 1, "comm_protocol_version", "ascii"),
+    Field(5122, 8, "model", "ascii"),
+    Field(5130, 2, "firmware", "ascii"),
+    Field(5132, 10, "manufacturer", "ascii"),
+    Field(5223, 1, "device_address", "u16", description="Modbus slave id"),
 )
 
 FIELDS_BY_NAME: Final[dict[str, Field]] = {f.name: f for f in REGISTER_MAP}
@@ -153,9 +149,7 @@ def _scaled(raw: int, scale: float) -> float:
     return round(raw * scale, digits)
 
 
-def decode_block(
-    start: int, registers: Sequence[int], *, family: Family = Family.BT2
-) -> dict[str, Value]:
+def decode_block(start: int, registers: Sequence[int], *, family: Family = Family.BT2) -> dict[str, Value]:
     """Decode every field that lies wholly inside the block ``start .. start+len(registers)``.
 
     Arrays are cut to their count when the count register is in the block. Flags derived from the
@@ -188,7 +182,9 @@ def decode_block(
     return out
 
 
-def encode_block(start: int, words: int, values: Mapping[str, Value], *, family: Family = Family.BT2) -> list[int]:
+def encode_block(
+    start: int, words: int, values: Mapping[str, Value], *, family: Family = Family.BT2
+) -> list[int]:
     """Inverse of :func:`decode_block` (the simulator's side); unmapped or absent fields read 0."""
     registers = [0] * words
     for field in fields_in_block(start, words):
@@ -202,7 +198,7 @@ def encode_block(start: int, words: int, values: Mapping[str, Value], *, family:
                 registers[offset + k] = int.from_bytes(raw[2 * k : 2 * k + 2], "big")
             continue
         scale = CURRENT_SCALE[family] if field.name == "current" else field.scale
-        items = list(value) if isinstance(value, list) else [value]  # type: ignore[list-item]
+        items = list(value) if isinstance(value, list) else [value]
         raws = [_to_raw(float(v), scale) for v in items]
         if field.kind == "u32":
             registers[offset] = raws[0] >> 16 & 0xFFFF
@@ -229,9 +225,12 @@ def check_plausible(values: Mapping[str, Value]) -> None:
     within("current", -MAX_ABS_CURRENT, MAX_ABS_CURRENT)
     within("capacity", *CAPACITY_RANGE)
     remaining, capacity = values.get("remaining_charge"), values.get("capacity")
-    if isinstance(remaining, float) and isinstance(capacity, float):
-        if remaining < 0 or remaining > REMAINING_MAX_RATIO * capacity:
-            raise BlockError(f"remaining_charge = {remaining} Ah with capacity {capacity} Ah")
+    if (
+        isinstance(remaining, float)
+        and isinstance(capacity, float)
+        and not 0 <= remaining <= REMAINING_MAX_RATIO * capacity
+    ):
+        raise BlockError(f"remaining_charge = {remaining} Ah with capacity {capacity} Ah")
     for name, (low, high) in (("cell_voltages", CELL_VOLTAGE_RANGE), ("temperatures", TEMPERATURE_RANGE)):
         series = values.get(name)
         if isinstance(series, list):
@@ -250,6 +249,13 @@ def decode_checked(start: int, registers: Sequence[int], *, family: Family = Fam
 def describe(fields: Iterable[Field] = REGISTER_MAP) -> list[dict[str, object]]:
     """The table as plain data (for docs and the ``decode`` command)."""
     return [
-        {"address": f.address, "words": f.words, "field": f.name, "kind": f.kind, "scale": f.scale, "unit": f.unit}
+        {
+            "address": f.address,
+            "words": f.words,
+            "field": f.name,
+            "kind": f.kind,
+            "scale": f.scale,
+            "unit": f.unit,
+        }
         for f in fields
     ]

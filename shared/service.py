@@ -108,7 +108,12 @@ class ServiceRuntime:
         await self.mqtt.start()
 
     def publish_health(self, health: Mapping[str, Any]) -> None:
-        body = {"schema": SCHEMA, "ts": time.time(), "uptime_s": round(time.time() - self.started, 1), **health}
+        body = {
+            "schema": SCHEMA,
+            "ts": time.time(),
+            "uptime_s": round(time.time() - self.started, 1),
+            **health,
+        }
         self.mqtt.publish(self.health_topic, dumps(body), retain=True)
 
     async def stop(self) -> None:

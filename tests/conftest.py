@@ -15,7 +15,9 @@ Broker = MosquittoBroker | AmqttBroker
 async def _start(kind: str, tmp_path: Path) -> Broker:
     if kind == "mosquitto":
         if MOSQUITTO is None:
-            pytest.skip("mosquitto binary not installed (apt-get install mosquitto); amqtt variant still runs")
+            pytest.skip(
+                "mosquitto binary not installed (apt-get install mosquitto); amqtt variant still runs"
+            )
         broker: Broker = MosquittoBroker(tmp_path)
     else:
         broker = AmqttBroker()

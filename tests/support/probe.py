@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +51,9 @@ class MqttProbe:
         data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         self.client.publish(topic, data, retain=retain)
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    async def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+    ) -> Any:
         """Wait until predicate() is truthy (checked on every message); returns its value."""
         async with asyncio.timeout(timeout):
             while True:
@@ -58,8 +61,6 @@ class MqttProbe:
                 if result:
                     return result
                 self._changed.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 0.5)
-                except TimeoutError:
-                    pass
         raise AssertionError(f"timed out waiting for {what}")  # pragma: no cover

@@ -1,0 +1,1 @@
+"""The aggregator: raw battery readings in, Home Assistant device documents out (see docs/entities.md)."""

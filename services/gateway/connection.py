@@ -1,0 +1,482 @@
+"""One API client: transport codec, request handlers, keepalive and a bounded output buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from google.protobuf.message import DecodeError
+
+from services.gateway.bluetooth import BluetoothHub
+from services.gateway.framing import Frame
+from services.gateway.logs import LOG_CONFIG, LOG_INFO, LogFanout, log_frame
+from services.gateway.proto import pb
+from services.gateway.registry import Registry
+
+_LOGGER = logging.getLogger(__name__)
+
+MSG_HELLO_REQUEST: Final = 1
+MSG_HELLO_RESPONSE: Final = 2
+MSG_AUTH_REQUEST: Final = 3
+MSG_DISCONNECT_REQUEST: Final = 5
+MSG_DISCONNECT_RESPONSE: Final = 6
+MSG_PING_REQUEST: Final = 7
+MSG_PING_RESPONSE: Final = 8
+MSG_DEVICE_INFO_REQUEST: Final = 9
+MSG_LIST_ENTITIES_REQUEST: Final = 11
+MSG_SUBSCRIBE_STATES: Final = 20
+MSG_SUBSCRIBE_LOGS: Final = 28
+MSG_SUBSCRIBE_HA_SERVICES: Final = 34
+MSG_SUBSCRIBE_HA_STATES: Final = 38
+MSG_BT_SUBSCRIBE: Final = 66
+MSG_BT_CONNECTIONS_FREE_SUBSCRIBE: Final = 80
+MSG_BT_CONNECTIONS_FREE: Final = 81
+MSG_BT_UNSUBSCRIBE: Final = 87
+MSG_SET_KEY_REQUEST: Final = 124
+MSG_SET_KEY_RESPONSE: Final = 125
+MSG_BT_SET_MODE: Final = 127
+MSG_CAPABILITIES_REQUEST: Final = 149
+
+# ESPHome accepts only these before a successful Hello and closes on anything else it knows.
+_BEFORE_HELLO: Final = frozenset(
+    {MSG_HELLO_REQUEST, MSG_DISCONNECT_REQUEST, MSG_DISCONNECT_RESPONSE, MSG_PING_REQUEST, MSG_PING_RESPONSE}
+)
+_HANDSHAKE_KINDS: Final = frozenset({"mac_failure", "handshake", "bad_indicator"})
+PING_FRAME: Final = Frame(MSG_PING_REQUEST, b"")
+DISCONNECT_FRAME: Final = Frame(MSG_DISCONNECT_REQUEST, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """Server-side keepalive as ESPHome does it; injectable so tests need not wait minutes."""
+
+    ping_after: float = 60.0
+    timeout: float = 150.0
+    handshake_timeout: float = 60.0
+    disconnect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Output bounds: optional traffic is dropped above ``soft``; a client above ``hard`` is cut off."""
+
+    soft: int = 64 * 1024
+    hard: int = 4 * 1024 * 1024
+
+
+class Codec(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def encrypted(self) -> bool: ...
+
+    error: str | None
+    error_kind: str | None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]: ...
+
+    def take_output(self) -> bytes: ...
+
+    def encode(self, frames: Iterable[Frame]) -> bytes: ...
+
+
+@dataclass
+class Counters:
+    connections_total: int = 0
+    rejected_full: int = 0
+    bad_frames: int = 0
+    handshake_failures: int = 0
+    slow_client_disconnects: int = 0
+    logs_dropped: int = 0
+
+
+class Node(Protocol):
+    """What a connection needs from the server."""
+
+    registry: Registry
+    bluetooth: BluetoothHub
+    logs: LogFanout | None
+    counters: Counters
+
+    def new_codec(self) -> Codec: ...
+
+    def hello_frame(self) -> Frame: ...
+
+    def device_info_frame(self) -> Frame: ...
+
+    def capabilities_frame(self) -> Frame: ...
+
+    def config_dump(self) -> list[str]: ...
+
+    @property
+    def generation(self) -> tuple[int, int]: ...
+
+    async def set_key(self, key: bytes) -> bool: ...
+
+    def connection_opened(self, connection: ApiConnection) -> bool: ...
+
+    def connection_closed(self, connection: ApiConnection) -> None: ...
+
+    def report_failure(self, peer: str, msg: str, *args: Any) -> None: ...
+
+    def report_success(self, peer: str) -> None: ...
+
+
+class ProtocolViolation(Exception):
+    """The client sent something that ends its connection."""
+
+
+def _parse(cls: Any, payload: bytes) -> Any:
+    msg = cls()
+    try:
+        msg.ParseFromString(payload)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ProtocolViolation(f"undecodable {cls.__name__}: {exc}") from None
+    return msg
+
+
+class ApiConnection(asyncio.Protocol):
+    """The server side of one native-API session."""
+
+    def __init__(self, node: Node, keepalive: Keepalive, limits: Limits) -> None:
+        self.node = node
+        self.keepalive = keepalive
+        self.limits = limits
+        self.transport: asyncio.Transport | None = None
+        self.codec: Codec | None = None
+        self.peer = "?"
+        self.client_info = ""
+        self.hello_done = False
+        self.states_subscribed = False
+        self.synced_generation: tuple[int, int] | None = None
+        self.closing = False
+        self.disconnect_requested = False
+        self._loop = asyncio.get_running_loop()
+        self._opened = self._loop.time()
+        self._last_rx = self._opened
+        self._ping_sent = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._disconnect_timer: asyncio.TimerHandle | None = None
+        self._cork: list[bytes] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[int, Callable[[bytes], None]] = {
+            MSG_HELLO_REQUEST: self._on_hello,
+            MSG_AUTH_REQUEST: self._ignore,
+            MSG_DISCONNECT_REQUEST: self._on_disconnect_request,
+            MSG_DISCONNECT_RESPONSE: self._on_disconnect_response,
+            MSG_PING_REQUEST: self._on_ping,
+            MSG_PING_RESPONSE: self._ignore,
+            MSG_DEVICE_INFO_REQUEST: self._on_device_info,
+            MSG_LIST_ENTITIES_REQUEST: self._on_list_entities,
+            MSG_SUBSCRIBE_STATES: self._on_subscribe_states,
+            MSG_SUBSCRIBE_LOGS: self._on_subscribe_logs,
+            MSG_SUBSCRIBE_HA_SERVICES: self._ignore,
+            MSG_SUBSCRIBE_HA_STATES: self._ignore,
+            MSG_BT_SUBSCRIBE: self._on_bt_subscribe,
+            MSG_BT_UNSUBSCRIBE: self._on_bt_unsubscribe,
+            MSG_BT_CONNECTIONS_FREE_SUBSCRIBE: self._on_bt_connections_free,
+            MSG_BT_SET_MODE: self._on_bt_set_mode,
+            MSG_SET_KEY_REQUEST: self._on_set_key,
+            MSG_CAPABILITIES_REQUEST: self._on_capabilities,
+        }
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.node.connection_opened(self):
+            self.closing = True
+            transport.abort()
+            return
+        self.codec = self.node.new_codec()
+        self._schedule_keepalive()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.codec is None:
+            return
+        self._last_rx = self._loop.time()
+        self._ping_sent = False
+        self._cork = []
+        try:
+            codec = self.codec
+            frames = codec.feed(data)
+            handshake = codec.take_output()
+            if handshake:
+                self._cork.append(handshake)
+            for frame in frames:
+                if self._stopped():
+                    break
+                self._dispatch(frame)
+            if codec.error is not None and not self._stopped():
+                self._on_codec_error(codec)
+        except ProtocolViolation as exc:
+            self.node.counters.bad_frames += 1
+            _LOGGER.info("closing %s: %s", self.peer, exc)
+            self.close()
+        except Exception:
+            _LOGGER.exception("closing %s after an internal error", self.peer)
+            self.close()
+        finally:
+            self._uncork()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        for timer in (self._timer, self._disconnect_timer):
+            if timer is not None:
+                timer.cancel()
+        self.node.bluetooth.unsubscribe(self)
+        if self.node.logs is not None:
+            self.node.logs.unsubscribe(self)
+        self.node.connection_closed(self)
+        self.transport = None
+
+    def _stopped(self) -> bool:
+        # A method rather than the attribute: handlers flip `closing` behind mypy's narrowing.
+        return self.closing
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return not self.closing and self.transport is not None and self.codec is not None and self.codec.ready
+
+    def send_frames(self, frames: list[Frame]) -> None:
+        """Send messages; a client whose buffer exceeds the hard limit is disconnected."""
+        if not self.ready or not frames:
+            return
+        assert self.codec is not None
+        try:
+            data = self.codec.encode(frames)
+        except ValueError as exc:
+            _LOGGER.error("cannot encode a message for %s: %s", self.peer, exc)
+            return
+        self._write(data)
+
+    def send_advertisements(self, frame: Frame) -> bool:
+        """Advertisement batch; dropped (False) while the client's socket is backed up."""
+        if not self.ready or self.buffered > self.limits.soft:
+            return False
+        self.send_frames([frame])
+        return True
+
+    def send_log(self, frame: Frame, level: int) -> None:
+        if not self.ready or self.buffered > self.limits.soft:
+            self.node.counters.logs_dropped += 1
+            return
+        self.send_frames([frame])
+
+    @property
+    def buffered(self) -> int:
+        transport = self.transport
+        pending = sum(len(b) for b in self._cork) if self._cork else 0
+        return pending + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    def _write(self, data: bytes) -> None:
+        if self._cork is not None:
+            self._cork.append(data)
+            return
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        transport.write(data)
+        self._check_backlog()
+
+    def _uncork(self) -> None:
+        cork, self._cork = self._cork, None
+        if cork and self.transport is not None:
+            self.transport.write(b"".join(cork))
+            self._check_backlog()
+        if self.closing and self.transport is not None:
+            self.transport.close()
+
+    def _check_backlog(self) -> None:
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size() > self.limits.hard:
+            self.node.counters.slow_client_disconnects += 1
+            _LOGGER.warning(
+                "client %s is not reading (%d bytes queued); disconnecting it",
+                self.peer,
+                transport.get_write_buffer_size(),
+            )
+            self.closing = True
+            transport.abort()
+
+    def close(self) -> None:
+        """Flush what is queued, then close."""
+        self.closing = True
+        if self._cork is None and self.transport is not None:
+            self.transport.close()
+
+    def request_disconnect(self) -> None:
+        """Ask the client to disconnect (it replies and reconnects); abort if it does not."""
+        if self.disconnect_requested or self.closing:
+            return
+        self.disconnect_requested = True
+        if not self.ready or not self.hello_done:
+            self.close()
+            return
+        self.send_frames([DISCONNECT_FRAME])
+        self._disconnect_timer = self._loop.call_later(self.keepalive.disconnect_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- keepalive --------------------------------------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        ka = self.keepalive
+        deadline = self._last_rx + (ka.timeout if self._ping_sent else ka.ping_after)
+        if not self.hello_done:
+            deadline = min(deadline, self._opened + ka.handshake_timeout)
+        self._timer = self._loop.call_at(max(deadline, self._loop.time() + 0.01), self._check_keepalive)
+
+    def _check_keepalive(self) -> None:
+        self._timer = None
+        if self.closing or self.transport is None:
+            return
+        now = self._loop.time()
+        idle = now - self._last_rx
+        if not self.hello_done and now - self._opened >= self.keepalive.handshake_timeout:
+            _LOGGER.info("closing %s: no Hello within %.0f s", self.peer, self.keepalive.handshake_timeout)
+            self._abort()
+            return
+        if idle >= self.keepalive.timeout:
+            _LOGGER.info("closing %s: nothing received for %.0f s", self.peer, idle)
+            self._abort()
+            return
+        if idle >= self.keepalive.ping_after and not self._ping_sent:
+            # Mid-handshake there is nothing to ping with; the timeout still applies.
+            self._ping_sent = True
+            if self.ready:
+                self.send_frames([PING_FRAME])
+        self._schedule_keepalive()
+
+    # --- receiving --------------------------------------------------------------------------------
+
+    def _on_codec_error(self, codec: Codec) -> None:
+        kind = codec.error_kind or "malformed"
+        if not self.hello_done and kind in _HANDSHAKE_KINDS:
+            self.node.counters.handshake_failures += 1
+            hint = " (wrong encryption key)" if kind == "mac_failure" else ""
+            self.node.report_failure(
+                self.peer.rpartition(":")[0],
+                "client %s failed the handshake: %s%s",
+                self.peer,
+                codec.error,
+                hint,
+            )
+        else:
+            self.node.counters.bad_frames += 1
+            _LOGGER.info("closing %s: %s", self.peer, codec.error)
+        self.close()
+
+    def _dispatch(self, frame: Frame) -> None:
+        handler = self._handlers.get(frame.msg_type)
+        if handler is None:
+            return  # unknown or server-to-client ids are ignored, as ESPHome does
+        if not self.hello_done and frame.msg_type not in _BEFORE_HELLO:
+            raise ProtocolViolation(f"message {frame.msg_type} before Hello")
+        handler(frame.payload)
+
+    def _ignore(self, payload: bytes) -> None:
+        pass
+
+    def _on_hello(self, payload: bytes) -> None:
+        msg = _parse(pb.HelloRequest, payload)
+        self.client_info = str(msg.client_info)[:64]
+        first = not self.hello_done
+        self.hello_done = True
+        self.send_frames([self.node.hello_frame()])
+        if first:
+            self.node.report_success(self.peer.rpartition(":")[0])
+            _LOGGER.info(
+                "client %s connected: %r, API %d.%d%s",
+                self.peer,
+                self.client_info,
+                msg.api_version_major,
+                msg.api_version_minor,
+                ", encrypted" if self.codec is not None and self.codec.encrypted else "",
+            )
+
+    def _on_disconnect_request(self, payload: bytes) -> None:
+        self.send_frames([Frame(MSG_DISCONNECT_RESPONSE, b"")])
+        _LOGGER.info("client %s disconnects", self.peer)
+        self.close()
+
+    def _on_disconnect_response(self, payload: bytes) -> None:
+        self.close()
+
+    def _on_ping(self, payload: bytes) -> None:
+        self.send_frames([Frame(MSG_PING_RESPONSE, b"")])
+
+    def _on_device_info(self, payload: bytes) -> None:
+        self.synced_generation = self.node.generation
+        self.send_frames([self.node.device_info_frame()])
+
+    def _on_list_entities(self, payload: bytes) -> None:
+        self.synced_generation = self.node.generation
+        self.send_frames(list(self.node.registry.catalog.list_frames))
+
+    def _on_subscribe_states(self, payload: bytes) -> None:
+        self.states_subscribed = True
+        self.send_frames(self.node.registry.initial_frames())
+
+    def _on_subscribe_logs(self, payload: bytes) -> None:
+        msg = _parse(pb.SubscribeLogsRequest, payload)
+        logs = self.node.logs
+        if logs is None:
+            return
+        level = int(msg.level) or LOG_INFO  # unset means the default
+        logs.subscribe(self, level)
+        if msg.dump_config:
+            lines = self.node.config_dump()
+            self.send_frames([log_frame(LOG_CONFIG, f"[C][gateway]: {line}") for line in lines])
+
+    def _on_bt_subscribe(self, payload: bytes) -> None:
+        _parse(pb.SubscribeBluetoothLEAdvertisementsRequest, payload)
+        self.node.bluetooth.subscribe(self)
+
+    def _on_bt_unsubscribe(self, payload: bytes) -> None:
+        self.node.bluetooth.unsubscribe(self)
+
+    def _on_bt_connections_free(self, payload: bytes) -> None:
+        # Passive proxy: no connection slots (HA never routes GATT connections here).
+        msg = pb.BluetoothConnectionsFreeResponse(free=0, limit=0)
+        self.send_frames([Frame(MSG_BT_CONNECTIONS_FREE, msg.SerializeToString())])
+
+    def _on_bt_set_mode(self, payload: bytes) -> None:
+        msg = _parse(pb.BluetoothScannerSetModeRequest, payload)
+        self.node.bluetooth.request_mode(int(msg.mode))
+
+    def _on_set_key(self, payload: bytes) -> None:
+        msg = _parse(pb.NoiseEncryptionSetKeyRequest, payload)
+        task = self._loop.create_task(self._set_key(bytes(msg.key)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _set_key(self, key: bytes) -> None:
+        try:
+            ok = await self.node.set_key(key)
+        except Exception:
+            _LOGGER.exception("storing the API key failed")
+            ok = False
+        reply = pb.NoiseEncryptionSetKeyResponse(success=ok)
+        self.send_frames([Frame(MSG_SET_KEY_RESPONSE, reply.SerializeToString())])
+
+    def _on_capabilities(self, payload: bytes) -> None:
+        self.send_frames([self.node.capabilities_frame()])

@@ -1,0 +1,171 @@
+"""Device documents -> ESPHome sub-devices, entity keys and pre-encoded ListEntities/state messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from services.gateway.framing import Frame
+from services.gateway.proto import pb
+from shared.payloads import DeviceConfig, EntitySpec
+
+FNV_OFFSET: Final = 2166136261
+FNV_PRIME: Final = 16777619
+
+MSG_LIST_BINARY_SENSOR: Final = 12
+MSG_LIST_SENSOR: Final = 16
+MSG_LIST_DONE: Final = 19
+MSG_BINARY_SENSOR_STATE: Final = 21
+MSG_SENSOR_STATE: Final = 25
+
+_STATE_CLASSES: Final = {"measurement": 1, "total_increasing": 2, "total": 3}
+_CATEGORIES: Final = {"config": 1, "diagnostic": 2}
+
+Value = float | bool | None
+
+
+def fnv1_32(text: str) -> int:
+    """ESPHome's object-id hash (FNV-1, multiply then XOR) - the entity key."""
+    value = FNV_OFFSET
+    for byte in text.encode():
+        value = (value * FNV_PRIME) & 0xFFFFFFFF
+        value ^= byte
+    return value
+
+
+def fnv1a_32(text: str) -> int:
+    """FNV-1a (XOR then multiply), ESPHome's hash of a sub-device id."""
+    value = FNV_OFFSET
+    for byte in text.encode():
+        value ^= byte
+        value = (value * FNV_PRIME) & 0xFFFFFFFF
+    return value
+
+
+def object_id_for(device_ref: str, key: str) -> str:
+    return f"{device_ref}_{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class SubDevice:
+    device_id: int
+    ref: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    key: int
+    object_id: str
+    device_id: int
+    device_ref: str
+    spec: EntitySpec
+
+    @property
+    def binary(self) -> bool:
+        return self.spec.platform == "binary_sensor"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """One immutable view of what the node serves; ``version`` changes with the entity set."""
+
+    version: int = 0
+    devices: tuple[SubDevice, ...] = ()
+    entities: tuple[Entity, ...] = ()
+    by_ref: Mapping[tuple[str, str], Entity] = field(default_factory=dict)
+    list_frames: tuple[Frame, ...] = (Frame(MSG_LIST_DONE, b""),)
+    problems: tuple[str, ...] = ()
+
+
+def _device_ids(refs: list[str]) -> tuple[dict[str, int], list[str]]:
+    ids: dict[str, int] = {}
+    used: set[int] = set()
+    problems = []
+    for ref in refs:
+        candidate, salt = fnv1a_32(ref), 0
+        while candidate == 0 or candidate in used:
+            salt += 1
+            candidate = fnv1a_32(f"{ref}#{salt}")
+        if salt:
+            problems.append(f"device id hash of {ref!r} collides; using a salted id {candidate}")
+        used.add(candidate)
+        ids[ref] = candidate
+    return ids, problems
+
+
+def build_catalog(configs: Mapping[str, DeviceConfig], version: int) -> Catalog:
+    """Sub-devices in id order, entities in document order; key collisions are dropped and reported."""
+    refs = sorted(configs)
+    device_ids, problems = _device_ids(refs)
+    devices = tuple(SubDevice(device_ids[ref], ref, configs[ref].device.name) for ref in refs)
+    entities: list[Entity] = []
+    by_key: dict[int, Entity] = {}
+    for ref in refs:
+        for spec in configs[ref].entities:
+            object_id = object_id_for(ref, spec.key)
+            key = fnv1_32(object_id)
+            if key == 0 or key in by_key:
+                other = by_key.get(key)
+                problems.append(
+                    f"entity {object_id!r} dropped: its key {key} collides with "
+                    f"{other.object_id if other else 'the reserved key 0'!r}"
+                )
+                continue
+            entity = Entity(key, object_id, device_ids[ref], ref, spec)
+            by_key[key] = entity
+            entities.append(entity)
+    frames = [list_frame(entity) for entity in entities]
+    frames.append(Frame(MSG_LIST_DONE, b""))
+    return Catalog(
+        version=version,
+        devices=devices,
+        entities=tuple(entities),
+        by_ref={(e.device_ref, e.spec.key): e for e in entities},
+        list_frames=tuple(frames),
+        problems=tuple(problems),
+    )
+
+
+def list_frame(entity: Entity) -> Frame:
+    """The ListEntities*Response of one entity."""
+    spec = entity.spec
+    common: dict[str, Any] = {
+        "object_id": entity.object_id,
+        "key": entity.key,
+        "name": spec.name,
+        "device_id": entity.device_id,
+        "icon": spec.icon or "",
+        "device_class": spec.device_class or "",
+        "entity_category": _CATEGORIES.get(spec.entity_category or "", 0),
+    }
+    if entity.binary:
+        binary = pb.ListEntitiesBinarySensorResponse(**common)
+        return Frame(MSG_LIST_BINARY_SENSOR, binary.SerializeToString())
+    message = pb.ListEntitiesSensorResponse(
+        **common,
+        unit_of_measurement=spec.unit or "",
+        accuracy_decimals=spec.accuracy,
+        state_class=_STATE_CLASSES.get(spec.state_class or "", 0),
+    )
+    return Frame(MSG_LIST_SENSOR, message.SerializeToString())
+
+
+def state_frame(entity: Entity, value: Value) -> Frame:
+    """The state message of one entity; None is reported as missing_state."""
+    if entity.binary:
+        msg = pb.BinarySensorStateResponse(key=entity.key, device_id=entity.device_id)
+        if value is None:
+            msg.missing_state = True
+        else:
+            msg.state = bool(value)
+        return Frame(MSG_BINARY_SENSOR_STATE, msg.SerializeToString())
+    if value is None:
+        msg = pb.SensorStateResponse(
+            key=entity.key, state=math.nan, missing_state=True, device_id=entity.device_id
+        )
+    else:
+        msg = pb.SensorStateResponse(key=entity.key, state=float(value), device_id=entity.device_id)
+    return Frame(MSG_SENSOR_STATE, msg.SerializeToString())

@@ -1,0 +1,90 @@
+"""MQTT messages in: validated with the shared parsers and routed to the registry or the Bluetooth hub."""
+
+from __future__ import annotations
+
+import logging
+
+from services.gateway.bluetooth import BluetoothHub, parse_advertisements, parse_scanner_state
+from services.gateway.registry import Registry
+from shared.mqtt import Message
+from shared.payloads import PayloadError, loads_object, parse_device_config, parse_device_state
+from shared.service import RepeatFilter
+from shared.topics import Topics
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Inbound:
+    """Dispatches the gateway's MQTT subscriptions; bad payloads are logged (rate-limited) and dropped."""
+
+    def __init__(
+        self, topics: Topics, reader_instance: str, registry: Registry, bluetooth: BluetoothHub
+    ) -> None:
+        self.topics = topics
+        self.registry = registry
+        self.bluetooth = bluetooth
+        self.advertisements_topic = topics.advertisements(reader_instance)
+        self.scanner_topic = topics.scanner_state(reader_instance)
+        self.reader_state_topic = topics.bridge_state("reader", reader_instance)
+        self.bad_payloads = 0
+        self._repeat = RepeatFilter(_LOGGER)
+
+    @property
+    def filters(self) -> list[tuple[str, int]]:
+        """(topic filter, QoS) to subscribe to."""
+        return [
+            (self.topics.device_filter, 1),
+            (self.advertisements_topic, 0),
+            (self.scanner_topic, 1),
+            (self.reader_state_topic, 1),
+        ]
+
+    def handle(self, message: Message) -> None:
+        topic = message.topic
+        try:
+            if topic == self.advertisements_topic:
+                self._advertisements(message)
+            elif topic == self.scanner_topic:
+                if message.payload:
+                    self.bluetooth.set_status(parse_scanner_state(message.payload))
+            elif topic == self.reader_state_topic:
+                if message.payload and loads_object(message.payload).get("state") == "offline":
+                    self.bluetooth.reader_offline()
+            else:
+                device = self.topics.parse_device(topic)
+                if device is None:
+                    return  # not ours: amqtt may deliver retained messages nobody subscribed to
+                ref, kind = device
+                if kind == "config":
+                    self._config(ref, message.payload)
+                elif message.payload:
+                    self.registry.set_state(ref, parse_device_state(message.payload))
+        except PayloadError as exc:
+            self.bad_payloads += 1
+            self._repeat.failure(topic, "dropping a bad payload on %s: %s", topic, exc)
+            return
+        self._repeat.success(topic)
+
+    def _config(self, ref: str, payload: bytes) -> None:
+        if not payload:
+            if self.registry.set_config(ref, None):
+                _LOGGER.info("device %s removed", ref)
+            return
+        config = parse_device_config(payload)
+        if config.device.id != ref:
+            raise PayloadError(f"device.id {config.device.id!r} differs from the topic's {ref!r}")
+        if self.registry.set_config(ref, config):
+            _LOGGER.info("device %s (%s): %d entities", ref, config.device.name, len(config.entities))
+
+    def _advertisements(self, message: Message) -> None:
+        batch = parse_advertisements(message.payload)
+        if batch.rejected:
+            self.bad_payloads += 1
+            self._repeat.failure(
+                f"{message.topic}#items",
+                "dropping %d bad advertisement(s) on %s: %s",
+                len(batch.rejected),
+                message.topic,
+                batch.rejected[0],
+            )
+        self.bluetooth.add(batch)

@@ -1,0 +1,280 @@
+"""The native API listener: node identity, client limit, fan-out of states, relisting, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+from services.gateway.bluetooth import FEATURE_FLAGS, BluetoothHub
+from services.gateway.connection import ApiConnection, Codec, Counters, Keepalive, Limits
+from services.gateway.entities import Catalog
+from services.gateway.framing import Frame, PlainCodec
+from services.gateway.identity import Mac, derive_bluetooth_mac
+from services.gateway.keystore import KeyStore
+from services.gateway.logs import LogFanout
+from services.gateway.noise import NoiseCodec
+from services.gateway.proto import pb
+from services.gateway.registry import Registry
+from shared.service import VERSION, RepeatFilter
+
+_LOGGER = logging.getLogger(__name__)
+
+API_MAJOR: Final = 1
+API_MINOR: Final = 19
+ESPHOME_VERSION: Final = "2026.10.0"
+PROJECT_NAME: Final = "renogy.bt_esphome_proxy"
+MSG_HELLO_RESPONSE: Final = 2
+MSG_DEVICE_INFO_RESPONSE: Final = 10
+MSG_CAPABILITIES_RESPONSE: Final = 150
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Static identity of the node as Home Assistant sees it."""
+
+    name: str
+    friendly_name: str
+    mac: Mac
+    model: str = "Renogy BT-2 bridge"
+    manufacturer: str = "Renogy"
+    project_name: str = PROJECT_NAME
+    project_version: str = VERSION
+    esphome_version: str = ESPHOME_VERSION
+
+    @property
+    def server_info(self) -> str:
+        return f"renogy-bt-esphome-proxy {VERSION}"[:32]
+
+
+class GatewayServer:
+    """Accepts API clients and serves the registry, the Bluetooth hub and the log stream."""
+
+    def __init__(
+        self,
+        node: NodeInfo,
+        registry: Registry,
+        keystore: KeyStore,
+        bluetooth: BluetoothHub,
+        *,
+        logs: LogFanout | None = None,
+        max_clients: int = 16,
+        keepalive: Keepalive | None = None,
+        limits: Limits | None = None,
+        relist_delay: float = 1.5,
+    ) -> None:
+        self.node = node
+        self.registry = registry
+        self.keystore = keystore
+        self.bluetooth = bluetooth
+        self.logs = logs
+        self.max_clients = max_clients
+        self.keepalive = keepalive or Keepalive()
+        self.limits = limits or Limits()
+        self.relist_delay = relist_delay
+        self.counters = Counters()
+        self.connections: set[ApiConnection] = set()
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._fallback_bt_mac = derive_bluetooth_mac(node.mac)
+        self._identity_generation = 0
+        self._relist_timer: asyncio.TimerHandle | None = None
+        self._relist_first: float | None = None
+        self._failures = RepeatFilter(_LOGGER)
+        self._all_closed = asyncio.Event()
+        registry.state_listeners.append(self._on_states)
+        registry.catalog_listeners.append(self._on_catalog)
+        bluetooth.address_listeners.append(self._on_bluetooth_address)
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    async def start(self, host: str | None, port: int) -> None:
+        """Listen; raises OSError (e.g. EADDRINUSE) when the port cannot be bound."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ApiConnection(self, self.keepalive, self.limits),
+            host=host or None,
+            port=port,
+            reuse_address=True,
+            backlog=64,
+        )
+        sockets = self._server.sockets
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        _LOGGER.info(
+            "ESPHome API listening on %s:%d (%s)",
+            host or "*",
+            self.port,
+            "Noise encryption" if self.keystore.encryption_required else "plaintext",
+        )
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop listening, ask every client to disconnect, and close whoever has not after ``grace``."""
+        if self._relist_timer is not None:
+            self._relist_timer.cancel()
+            self._relist_timer = None
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.request_disconnect()
+        if self.connections:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        self.bluetooth.close()
+        await asyncio.sleep(0)
+
+    # --- what connections ask for -----------------------------------------------------------------
+
+    def new_codec(self) -> Codec:
+        psk = self.keystore.psk
+        if psk is None:
+            return PlainCodec()
+        return NoiseCodec(psk, self.node.name, self.node.mac.hex_lower)
+
+    @property
+    def bluetooth_mac(self) -> str:
+        return self.bluetooth.adapter_address or self._fallback_bt_mac.colon_upper
+
+    @property
+    def generation(self) -> tuple[int, int]:
+        return self.registry.catalog.version, self._identity_generation
+
+    def hello_frame(self) -> Frame:
+        msg = pb.HelloResponse(
+            api_version_major=API_MAJOR,
+            api_version_minor=API_MINOR,
+            server_info=self.node.server_info,
+            name=self.node.name,
+        )
+        return Frame(MSG_HELLO_RESPONSE, msg.SerializeToString())
+
+    def device_info_frame(self) -> Frame:
+        node = self.node
+        msg = pb.DeviceInfoResponse(
+            name=node.name,
+            friendly_name=node.friendly_name,
+            mac_address=node.mac.colon_upper,
+            esphome_version=node.esphome_version,
+            model=node.model,
+            manufacturer=node.manufacturer[:20],
+            project_name=node.project_name,
+            project_version=node.project_version,
+            bluetooth_proxy_feature_flags=FEATURE_FLAGS,
+            bluetooth_mac_address=self.bluetooth_mac,
+            api_encryption_supported=True,
+        )
+        for device in self.registry.catalog.devices:
+            msg.devices.add(device_id=device.device_id, name=device.name)
+        return Frame(MSG_DEVICE_INFO_RESPONSE, msg.SerializeToString())
+
+    def capabilities_frame(self) -> Frame:
+        msg = pb.DeviceCapabilitiesResponse()
+        msg.bluetooth_proxy.feature_flags = FEATURE_FLAGS
+        msg.bluetooth_proxy.mac_address = self.bluetooth_mac
+        return Frame(MSG_CAPABILITIES_RESPONSE, msg.SerializeToString())
+
+    def config_dump(self) -> list[str]:
+        catalog = self.registry.catalog
+        return [
+            f"name: {self.node.name} ({self.node.friendly_name})",
+            f"mac: {self.node.mac.colon_upper}, bluetooth scanner: {self.bluetooth_mac}",
+            f"version: {self.node.project_version} (ESPHome API {API_MAJOR}.{API_MINOR})",
+            f"encryption: {self.keystore.source.value}",
+            f"devices: {len(catalog.devices)}, entities: {len(catalog.entities)}",
+            f"clients: {len(self.connections)} of {self.max_clients}",
+        ]
+
+    async def set_key(self, key: bytes) -> bool:
+        return await self.keystore.provision(key)
+
+    def connection_opened(self, connection: ApiConnection) -> bool:
+        if len(self.connections) >= self.max_clients:
+            self.counters.rejected_full += 1
+            self._failures.failure(
+                "full",
+                "refusing client %s: %d clients connected (gateway.max_clients)",
+                connection.peer,
+                len(self.connections),
+            )
+            return False
+        self.connections.add(connection)
+        self.counters.connections_total += 1
+        return True
+
+    def connection_closed(self, connection: ApiConnection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            if connection.hello_done:
+                _LOGGER.info("client %s (%s) disconnected", connection.peer, connection.client_info)
+        if not self.connections:
+            self._all_closed.set()
+
+    def report_failure(self, peer: str, msg: str, *args: Any) -> None:
+        self._failures.failure(peer, msg, *args)
+
+    def report_success(self, peer: str) -> None:
+        self._failures.success(peer)
+
+    # --- fan-out ----------------------------------------------------------------------------------
+
+    def _on_states(self, frames: list[Frame]) -> None:
+        for conn in list(self.connections):
+            if conn.states_subscribed:
+                conn.send_frames(frames)
+
+    def _on_catalog(self, catalog: Catalog) -> None:
+        self.schedule_relist()
+
+    def _on_bluetooth_address(self, address: str) -> None:
+        _LOGGER.info("Bluetooth scanner address is %s", address)
+        self._identity_generation += 1
+        self.schedule_relist()
+
+    def schedule_relist(self) -> None:
+        """Debounced: clients that listed an older catalog are asked to reconnect once it settles."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._relist_first is None:
+            self._relist_first = now
+        if self._relist_timer is not None:
+            self._relist_timer.cancel()
+        # Keep waiting while documents arrive, but never longer than 4 delays in total.
+        when = min(now + self.relist_delay, self._relist_first + 4 * self.relist_delay)
+        self._relist_timer = loop.call_at(when, self._relist)
+
+    def _relist(self) -> None:
+        self._relist_timer = None
+        self._relist_first = None
+        current = self.generation
+        stale = [c for c in self.connections if c.synced_generation not in (None, current)]
+        if stale:
+            _LOGGER.info("entity set changed: asking %d client(s) to reconnect and list again", len(stale))
+        for conn in stale:
+            conn.request_disconnect()
+
+    def health(self) -> dict[str, Any]:
+        counters = self.counters
+        return {
+            "clients": len(self.connections),
+            "devices": self.registry.device_count,
+            "entities": self.registry.entity_count,
+            "encryption": self.keystore.source.value,
+            "connections_total": counters.connections_total,
+            "rejected_full": counters.rejected_full,
+            "bad_frames": counters.bad_frames,
+            "handshake_failures": counters.handshake_failures,
+            "slow_client_disconnects": counters.slow_client_disconnects,
+            "adverts_received": self.bluetooth.received,
+            "adverts_forwarded": self.bluetooth.forwarded,
+            "adverts_dropped": self.bluetooth.dropped,
+            "bluetooth_subscribers": len(self.bluetooth.subscribers),
+            "logs_dropped": counters.logs_dropped,
+        }

@@ -1,0 +1,79 @@
+"""Turn BlueZ, D-Bus and bleak errors into a kind, a clear message and a remedy hint."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    kind: str  # health error key: adapter_error or connect_failed
+    message: str
+    fatal: bool = False  # only a new process can recover (orphaned D-Bus proxies)
+
+
+def in_docker() -> bool:
+    return Path("/.dockerenv").exists() or os.environ.get("container") == "docker"  # noqa: SIM112 - set by container runtimes
+
+
+def diagnose(exc: BaseException, adapter: str) -> Diagnosis:
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) or ("No such file or directory" in text and "dbus" in text.lower()):
+        hint = (
+            "mount the host D-Bus socket into the container (volumes: /run/dbus:/run/dbus:ro)"
+            if in_docker()
+            else "is D-Bus running? (systemctl status dbus)"
+        )
+        return Diagnosis("adapter_error", f"no D-Bus system bus socket ({exc}); {hint}")
+    if isinstance(exc, BleakDBusError):
+        name = exc.dbus_error
+        if name == "org.freedesktop.DBus.Error.ServiceUnknown":
+            return Diagnosis(
+                "adapter_error",
+                f"BlueZ is not on the system bus ({exc.dbus_error_details or name}): start it with "
+                "'systemctl start bluetooth'; if bluetoothd was restarted under us, this process restarts "
+                "to rebind",
+                fatal=True,
+            )
+        if name == "org.freedesktop.DBus.Error.AccessDenied":
+            return Diagnosis(
+                "adapter_error",
+                f"D-Bus denied access to BlueZ ({exc.dbus_error_details}): run as a user allowed by the "
+                "bluetooth D-Bus policy (group bluetooth) or check AppArmor (security_opt apparmor:unconfined)",
+            )
+        if name in ("org.bluez.Error.NotReady", "org.bluez.Error.Failed") and "powered" in text.lower():
+            return Diagnosis(
+                "adapter_error",
+                f"adapter {adapter} is powered off or blocked: try 'rfkill unblock "
+                f"bluetooth' and 'bluetoothctl power on' ({exc})",
+            )
+        if name == "org.bluez.Error.InProgress":
+            return Diagnosis("connect_failed", f"BlueZ is busy with another operation ({exc}); will retry")
+        return Diagnosis("connect_failed", f"BlueZ error {name}: {exc.dbus_error_details or text}")
+    if isinstance(exc, BleakDeviceNotFoundError):
+        return Diagnosis(
+            "connect_failed",
+            f"BT-2 {exc.identifier} not found: is it powered, in range, and not connected to the Renogy app "
+            "(a BT-2 accepts one connection and stops advertising while connected)?",
+        )
+    if isinstance(exc, BleakError):
+        if "le-connection-abort-by-local" in text:
+            return Diagnosis(
+                "connect_failed",
+                f"connection aborted by the adapter ({text}): usually RF interference or another connect in "
+                "progress; a Pi's 2.4 GHz Wi-Fi hotspot starves BLE",
+            )
+        if "not found" in text.lower() and "adapter" in text.lower():
+            return Diagnosis(
+                "adapter_error",
+                f"Bluetooth adapter {adapter} not found ({text}): check "
+                "'bluetoothctl list' and 'rfkill list'",
+            )
+        return Diagnosis("connect_failed", f"Bluetooth error: {text}")
+    if isinstance(exc, OSError):
+        return Diagnosis("adapter_error", f"{type(exc).__name__}: {exc}")
+    return Diagnosis("connect_failed", f"{type(exc).__name__}: {exc}")

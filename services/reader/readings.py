@@ -1,0 +1,89 @@
+"""Assemble one battery's reading of one cycle from its decoded blocks (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.registers import Value
+from shared.topics import SCHEMA
+
+# Decoded fields that go into the reading payload, per block start register.
+PUBLISHED_FIELDS: dict[int, tuple[str, ...]] = {
+    5042: ("current", "voltage", "remaining_charge", "capacity", "cycle_count"),
+    5000: ("cell_voltages", "temperatures"),
+    5104: (
+        "other_alarms",
+        "status1",
+        "status2",
+        "status3",
+        "charge_discharge_status",
+        "charge_mosfet_on",
+        "discharge_mosfet_on",
+        "fully_charged",
+        "heater_on",
+        "serial",
+        "model",
+        "firmware",
+    ),
+}
+IDENTITY_FIELDS = ("model", "serial", "firmware")
+
+
+@dataclass(slots=True)
+class Identity:
+    """Static facts of a pack, read at start and every info interval; carried in every reading."""
+
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+
+    def update(self, values: dict[str, Value]) -> None:
+        for name in IDENTITY_FIELDS:
+            value = values.get(name)
+            if isinstance(value, str) and value:
+                setattr(self, name, value)
+
+
+@dataclass(slots=True)
+class BatteryCycle:
+    """The blocks of one battery in one cycle; failed blocks leave their fields out."""
+
+    bt2: str
+    slave_id: int
+    ts: float | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, str] = field(default_factory=dict)
+    failed: list[int] = field(default_factory=list)
+
+    def add_block(self, start: int, decoded: dict[str, Value], frame: bytes, received_at: float) -> None:
+        for name in PUBLISHED_FIELDS.get(start, ()):
+            if name in decoded:
+                self.values[name] = decoded[name]
+        self.raw[str(start)] = frame.hex()
+        if start == 5042 or self.ts is None:
+            self.ts = received_at
+
+    def fail_block(self, start: int) -> None:
+        self.failed.append(start)
+
+    @property
+    def any_good(self) -> bool:
+        return bool(self.raw)
+
+    def payload(self, identity: Identity, boot_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "schema": SCHEMA,
+            "ts": round(self.ts or 0.0, 3),
+            "bt2": self.bt2,
+            "slave_id": self.slave_id,
+            "complete": not self.failed,
+            "boot_id": boot_id,
+        }
+        for name in IDENTITY_FIELDS:
+            value = getattr(identity, name)
+            if value:
+                body[name] = value
+        body.update(self.values)
+        body["raw"] = self.raw
+        return body

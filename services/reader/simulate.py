@@ -1,0 +1,47 @@
+"""Wire the built-in BT-2 simulator into the reader as its bleak backends."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from services.simulator import BankSimulator, SimBT2Client, SimConfig, SimScanner, register_simulator
+from shared.config import Config
+
+if TYPE_CHECKING:
+    from services.reader.service import Backends
+
+# A locally administered address for the simulated adapter, so Home Assistant sees a distinct scanner.
+SIM_ADAPTER_ADDRESS = "02:52:4E:47:59:01"
+
+
+def simulator_for_config(config: Config) -> BankSimulator:
+    sim_cfg = config.simulator
+    return BankSimulator.from_config(
+        SimConfig(
+            batteries=tuple(sim_cfg.batteries),
+            mtu=sim_cfg.mtu,
+            speed=sim_cfg.speed,
+            latency_scale=sim_cfg.latency_scale,
+            seed=sim_cfg.seed,
+            fault_rate=sim_cfg.fault_rate,
+            truth_log=sim_cfg.truth_log,
+            # A long-running demo must not grow memory; the optional truth log keeps everything.
+            record_truth=False,
+        )
+    )
+
+
+def simulator_backends(config: Config) -> Backends:
+    """Backends for a reader running on the simulator (registered so the backend can find it)."""
+    from services.reader.service import Backends  # noqa: PLC0415 - avoids an import cycle
+
+    sim = simulator_for_config(config)
+    register_simulator(sim)
+    return Backends(SimBT2Client, SimScanner, SIM_ADAPTER_ADDRESS, sim)
+
+
+def start_default_simulator() -> tuple[BankSimulator, type[SimScanner]]:
+    """A default simulator for `renogy-proxy scan --simulate`."""
+    sim = BankSimulator.from_config(SimConfig())
+    register_simulator(sim)
+    return sim, SimScanner

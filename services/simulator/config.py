@@ -1,0 +1,67 @@
+"""Settings of one simulated BT-2 with its battery bank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.timing import DEFAULT_TIMING, TimingModel
+
+from .faults import ALL_FAULT_KINDS, FaultKind
+
+DEFAULT_ADDRESS = "C4:64:E3:38:3D:0E"
+DEFAULT_BATTERIES = (48, 49, 50, 51)
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything that shapes a simulated bank; the defaults match a real 4x RBT50LFP48S install."""
+
+    batteries: tuple[int, ...] = DEFAULT_BATTERIES
+    address: str = DEFAULT_ADDRESS
+    mtu: int = 251
+    speed: float = 1.0
+    latency_scale: float = 1.0
+    seed: int = 0
+    fault_rate: float = 0.0
+    fault_kinds: frozenset[FaultKind] = ALL_FAULT_KINDS
+    late_delay: float = 2.5
+    advert_interval: float = 1.0
+    distinct_serials: bool = False
+    record_truth: bool = True
+    truth_log: Path | None = None
+    timing: TimingModel = DEFAULT_TIMING
+    # Simulated seconds since midnight of day 0 at the moment the simulator is created.
+    sim_start: float = 10 * 3600.0
+    # Grid on which the physics integrates current and heat, in simulated seconds.
+    physics_step: float = 5.0
+    max_truth_records: int = 10_000
+    other_devices: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.batteries:
+            raise ValueError("at least one battery is required")
+        for slave in self.batteries:
+            if not 1 <= slave <= 247:
+                raise ValueError(f"slave id {slave} outside 1..247")
+        if len(set(self.batteries)) != len(self.batteries):
+            raise ValueError("slave ids must be distinct")
+        if not 23 <= self.mtu <= 517:
+            raise ValueError(f"MTU {self.mtu} outside 23..517")
+        if self.speed < 0 or self.latency_scale < 0 or self.late_delay < 0:
+            raise ValueError("speed, latency_scale and late_delay must be >= 0")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault_rate {self.fault_rate} outside 0..1")
+        if self.physics_step <= 0 or self.advert_interval <= 0:
+            raise ValueError("physics_step and advert_interval must be > 0")
+        parts = self.address.split(":")
+        if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+            raise ValueError(f"address {self.address!r} is not a MAC address")
+        int(self.address.replace(":", ""), 16)
+        object.__setattr__(self, "address", self.address.upper())
+        object.__setattr__(self, "fault_kinds", frozenset(FaultKind(k) for k in self.fault_kinds))
+
+    @property
+    def local_name(self) -> str:
+        """BT-TH- plus the last four MAC bytes, as a BT-2 advertises itself."""
+        return "BT-TH-" + self.address.replace(":", "")[4:]

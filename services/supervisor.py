@@ -1,0 +1,176 @@
+"""`renogy-proxy run`: the whole stack as separate processes under a small supervisor.
+
+Starts the embedded broker (unless an MQTT URL was given or a broker already answers on the port),
+then the reader (on the simulator unless a BT-2 is configured), the aggregator and the gateway.
+A child that dies is restarted with a capped backoff; Ctrl-C or SIGTERM stops them all cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.broker import mqtt_answers
+from shared.config import Config, env_for
+from shared.mqtt import parse_url
+
+_LOGGER = logging.getLogger("supervisor")
+
+STOP_TIMEOUT = 10.0
+HEALTHY_AFTER = 60.0  # a child that ran this long restarts without backoff
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    failures: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+        self.started_at = time.monotonic()
+        _LOGGER.info("started %s (pid %d)", self.name, self.process.pid)
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            _LOGGER.warning("%s did not stop within %.0f s; killing it", self.name, STOP_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+def _explicit_mqtt_url(args: argparse.Namespace) -> bool:
+    if getattr(args, "mqtt.url", None) or os.environ.get("RENOGY_MQTT_URL"):
+        return True
+    path = args.config or (Path(os.environ["RENOGY_CONFIG"]) if os.environ.get("RENOGY_CONFIG") else None)
+    if path is None:
+        return False
+    with path.open("rb") as handle:
+        return "url" in tomllib.load(handle).get("mqtt", {})
+
+
+def _bt2_configured(config: Config) -> bool:
+    reader = config.reader
+    return bool(reader.bt2_address or reader.bt2_name or reader.backend)
+
+
+def plan(args: argparse.Namespace, config: Config) -> tuple[list[Child], str | None]:
+    """The children to run and the broker URL the services use (None = embedded broker to start)."""
+    from services.cli import overrides_from  # noqa: PLC0415 - avoid a cycle at import time
+
+    overrides = overrides_from(args)
+    children: list[Child] = []
+    broker_url = config.mqtt.url
+    if not _explicit_mqtt_url(args):
+        broker_url = f"mqtt://127.0.0.1:{args.broker_port}"
+        if mqtt_answers("127.0.0.1", args.broker_port):
+            _LOGGER.info("an MQTT broker already answers on 127.0.0.1:%d; using it", args.broker_port)
+        else:
+            children.append(
+                _child(
+                    "broker", ["broker", "--port", str(args.broker_port), "--log-level", config.log_level], {}
+                )
+            )
+        overrides["mqtt.url"] = broker_url
+    if not _bt2_configured(config) and not config.simulator.enabled:
+        _LOGGER.info("no BT-2 configured (reader.bt2_address / RENOGY_BT2_ADDRESS); reading the simulator")
+        overrides["simulator.enabled"] = True
+    env = {**os.environ, **env_for(overrides)}
+    config_args = ["--config", str(args.config)] if args.config else []
+    children.extend(_child(service, [service, *config_args], env) for service in ("reader", "aggregator", "gateway"))
+    return children, broker_url
+
+
+def _child(name: str, argv: list[str], env: dict[str, str]) -> Child:
+    return Child(name, [sys.executable, "-m", "services.cli", *argv], dict(env or os.environ))
+
+
+async def _supervise(child: Child, stop: asyncio.Event) -> None:
+    """Keep one child running until stop is set."""
+    while not stop.is_set():
+        await child.start()
+        assert child.process is not None
+        waiter = asyncio.ensure_future(child.process.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if stop.is_set():
+            waiter.cancel()
+            return
+        code = waiter.result()
+        ran = time.monotonic() - child.started_at
+        child.failures = 0 if ran >= HEALTHY_AFTER else child.failures + 1
+        delay = min(MAX_BACKOFF, 2.0 ** (child.failures - 1)) if child.failures else 0.5
+        child.restarts += 1
+        _LOGGER.warning(
+            "%s exited with code %s after %.1f s; restarting in %.1f s", child.name, code, ran, delay
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+
+async def run_stack(args: argparse.Namespace, config: Config) -> int:
+    children, broker_url = plan(args, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    broker = next((c for c in children if c.name == "broker"), None)
+    services = [c for c in children if c is not broker]
+    if broker is not None:
+        broker.task = asyncio.create_task(_supervise(broker, stop))
+        address = parse_url(broker_url or config.mqtt.url)
+        deadline = time.monotonic() + 15
+        while not mqtt_answers(address.host, address.port, timeout=0.5):
+            if time.monotonic() > deadline or stop.is_set():
+                _LOGGER.error("the embedded broker did not come up on %s", address)
+                stop.set()
+                break
+            await asyncio.sleep(0.1)
+    for child in services:
+        child.task = asyncio.create_task(_supervise(child, stop))
+    if not stop.is_set():
+        port = getattr(args, "gateway.api_port", None) or config.gateway.api_port
+        _LOGGER.info(
+            "stack starting: broker %s; ESPHome API on port %d. Watch it with: mosquitto_sub -h %s -p %d -v -t "
+            "'%s/#'. In Home Assistant: Settings > Devices & services > Add integration > ESPHome, host = this "
+            "machine, port %d.",
+            broker_url,
+            port,
+            parse_url(broker_url or config.mqtt.url).host,
+            parse_url(broker_url or config.mqtt.url).port,
+            config.mqtt.root_topic,
+            port,
+        )
+    await stop.wait()
+    _LOGGER.info("stopping")
+    for child in reversed(services):
+        await child.stop()
+    if broker is not None:
+        await broker.stop()
+    for child in children:
+        if child.task is not None:
+            await child.task
+    return 0

@@ -1,0 +1,81 @@
+"""Small commands: decode a captured frame, scan for BT-2 modules."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import sys
+from typing import Any
+
+from shared import registers
+from shared.modbus import (
+    BROADCAST_SLAVE,
+    READ_HOLDING_REGISTERS,
+    FrameError,
+    ReadRequest,
+    ReadResponse,
+    ResponseAssembler,
+)
+
+
+def decode_frame(
+    register: int, frame_hex: str, *, slave: int | None = None, family: str = "bt2"
+) -> dict[str, Any]:
+    """Decode a whole response frame as the reader would; ValueError says why a frame is bad."""
+    try:
+        frame = binascii.unhexlify("".join(frame_hex.split()).removeprefix("0x"))
+    except (binascii.Error, ValueError):
+        raise ValueError("the frame is not valid hex") from None
+    if len(frame) < 5:
+        raise ValueError(f"a frame has at least 5 bytes, got {len(frame)}")
+    words = frame[2] // 2 if frame[1] == READ_HOLDING_REGISTERS and frame[2] and frame[2] % 2 == 0 else 1
+    request = ReadRequest(BROADCAST_SLAVE if slave is None else slave, register, min(words, 125))
+    events = ResponseAssembler(request).feed(frame)
+    response = next((e for e in events if isinstance(e, ReadResponse)), None)
+    if response is None:
+        errors = [str(e) for e in events if isinstance(e, FrameError)] or ["incomplete frame"]
+        raise ValueError("; ".join(errors))
+    if len(response.frame) != len(frame):
+        raise ValueError(f"{len(frame) - len(response.frame)} extra bytes after the frame")
+    fam = registers.Family.PRO if family == "pro" else registers.Family.BT2
+    values = registers.decode_block(register, response.registers, family=fam)
+    if not values:
+        raise ValueError(f"no mapped field lies wholly inside {register}..{register + words - 1}")
+    result: dict[str, Any] = {"slave_id": response.slave, "register": register, "words": words, **values}
+    try:
+        registers.check_plausible(values)
+    except registers.BlockError as exc:
+        result["implausible"] = str(exc)
+    return result
+
+
+async def scan(timeout: float, adapter: str, *, simulate: bool = False) -> int:
+    """Print every BT-2 (and Renogy Pro pack) seen within timeout."""
+    from services.reader.scanner import Scanner  # noqa: PLC0415
+
+    backend = None
+    sim = None
+    if simulate:
+        from services.reader.simulate import start_default_simulator  # noqa: PLC0415
+
+        sim, backend = start_default_simulator()
+    scanner = Scanner(
+        backend=backend,
+        adapter=adapter,
+        mode="active",
+        on_advertisement=None,
+        on_state=lambda state, mode: None,
+    )
+    if not await scanner.start():
+        return 1
+    print(f"scanning {timeout:.0f} s on {adapter} ...", file=sys.stderr)
+    await asyncio.sleep(timeout)  # the scan window itself, not a stand-in for a condition
+    await scanner.stop()
+    if sim is not None:
+        sim.close()
+    if not scanner.bt2_sightings:
+        print("no BT-2 found: is it powered, in range and not connected to the Renogy app?", file=sys.stderr)
+        return 1
+    for address, sighting in sorted(scanner.bt2_sightings.items()):
+        print(f"{address}  {sighting.name:<20} rssi {sighting.rssi} dBm")
+    return 0
