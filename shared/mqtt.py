@@ -143,6 +143,8 @@ class MqttClient:
             await asyncio.to_thread(_wait_published, infos, timeout)
         self._stopping = True
         self.connected.clear()
+        # paho logs a spurious "Client is not connected" error from its loop thread after a clean disconnect.
+        self._client.disable_logger()
         if self._client.is_connected():
             self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)

@@ -55,19 +55,19 @@ BATTERY: Final[tuple[Entity[BatteryView], ...]] = (
     Entity("power", "Power", "W", "power", MEAS, 1, lambda b: b.power),
     Entity("voltage", "Voltage", "V", "voltage", MEAS, 2, lambda b: b.voltage),
     Entity("current", "Current", "A", "current", MEAS, 2, lambda b: b.current),
-    Entity("battery_level", "Battery Level", "%", "battery", MEAS, 1, lambda b: b.battery_level),
+    Entity("battery_level", "Battery level", "%", "battery", MEAS, 1, lambda b: b.battery_level),
     Entity("capacity", "Capacity", "Ah", None, MEAS, 1, lambda b: b.capacity),
-    Entity("remaining_charge", "Remaining Charge", "Ah", None, MEAS, 2, lambda b: b.remaining_charge),
-    Entity("energy_in", "Energy In", "kWh", "energy", TOTAL, 3, lambda b: b.energy_in_kwh),
-    Entity("energy_out", "Energy Out", "kWh", "energy", TOTAL, 3, lambda b: b.energy_out_kwh),
-    Entity("cell_voltage_min", "Cell Voltage Min", "V", "voltage", MEAS, 3, lambda b: b.cell_voltage_min),
-    Entity("cell_voltage_max", "Cell Voltage Max", "V", "voltage", MEAS, 3, lambda b: b.cell_voltage_max),
-    Entity("temperature_min", "Temperature Min", "°C", "temperature", MEAS, 1, lambda b: b.temperature_min),
-    Entity("temperature_max", "Temperature Max", "°C", "temperature", MEAS, 1, lambda b: b.temperature_max),
+    Entity("remaining_charge", "Remaining charge", "Ah", None, MEAS, 2, lambda b: b.remaining_charge),
+    Entity("energy_in", "Energy in", "kWh", "energy", TOTAL, 3, lambda b: b.energy_in_kwh),
+    Entity("energy_out", "Energy out", "kWh", "energy", TOTAL, 3, lambda b: b.energy_out_kwh),
+    Entity("cell_voltage_min", "Cell voltage min", "V", "voltage", MEAS, 3, lambda b: b.cell_voltage_min),
+    Entity("cell_voltage_max", "Cell voltage max", "V", "voltage", MEAS, 3, lambda b: b.cell_voltage_max),
+    Entity("temperature_min", "Temperature min", "°C", "temperature", MEAS, 1, lambda b: b.temperature_min),
+    Entity("temperature_max", "Temperature max", "°C", "temperature", MEAS, 1, lambda b: b.temperature_max),
     # extended profile
     Entity(
         "cell_voltage_delta",
-        "Cell Voltage Delta",
+        "Cell voltage delta",
         "V",
         "voltage",
         MEAS,
@@ -78,7 +78,7 @@ BATTERY: Final[tuple[Entity[BatteryView], ...]] = (
     ),
     Entity(
         "cycle_count",
-        "Cycle Count",
+        "Cycle count",
         None,
         None,
         TOTAL,
@@ -87,16 +87,16 @@ BATTERY: Final[tuple[Entity[BatteryView], ...]] = (
         extended=True,
         icon="mdi:battery-sync",
     ),
-    Entity("time_to_full", "Time to Full", "h", "duration", MEAS, 1, lambda b: b.time_to_full, extended=True),
+    Entity("time_to_full", "Time to full", "h", "duration", MEAS, 1, lambda b: b.time_to_full, extended=True),
     Entity(
-        "time_to_empty", "Time to Empty", "h", "duration", MEAS, 1, lambda b: b.time_to_empty, extended=True
+        "time_to_empty", "Time to empty", "h", "duration", MEAS, 1, lambda b: b.time_to_empty, extended=True
     ),
     Entity(
         "alarm", "Alarm", None, "problem", None, 0, lambda b: b.alarm, extended=True, platform="binary_sensor"
     ),
     Entity(
         "fully_charged",
-        "Fully Charged",
+        "Fully charged",
         None,
         None,
         None,
@@ -141,12 +141,12 @@ BATTERY: Final[tuple[Entity[BatteryView], ...]] = (
         platform="binary_sensor",
     ),
     Entity(
-        "read_age", "Read Age", "s", "duration", MEAS, 0, lambda b: b.read_age, extended=True, category=DIAG
+        "read_age", "Read age", "s", "duration", MEAS, 0, lambda b: b.read_age, extended=True, category=DIAG
     ),
     Entity("rssi", "RSSI", "dBm", "signal_strength", MEAS, 0, lambda b: b.rssi, extended=True, category=DIAG),
     Entity(
         "link_quality",
-        "Link Quality",
+        "Link quality",
         "%",
         None,
         MEAS,
@@ -162,15 +162,15 @@ BANK: Final[tuple[Entity[BankView], ...]] = (
     Entity("power", "Power", "W", "power", MEAS, 1, lambda k: k.power),
     Entity("current", "Current", "A", "current", MEAS, 2, lambda k: k.current),
     Entity("capacity", "Capacity", "Ah", None, MEAS, 1, lambda k: k.capacity),
-    Entity("remaining_charge", "Remaining Charge", "Ah", None, MEAS, 2, lambda k: k.remaining_charge),
-    Entity("battery_level", "Battery Level", "%", "battery", MEAS, 1, lambda k: k.battery_level),
-    Entity("energy_in", "Energy In", "kWh", "energy", TOTAL, 3, lambda k: k.energy_in_kwh),
-    Entity("energy_out", "Energy Out", "kWh", "energy", TOTAL, 3, lambda k: k.energy_out_kwh),
+    Entity("remaining_charge", "Remaining charge", "Ah", None, MEAS, 2, lambda k: k.remaining_charge),
+    Entity("battery_level", "Battery level", "%", "battery", MEAS, 1, lambda k: k.battery_level),
+    Entity("energy_in", "Energy in", "kWh", "energy", TOTAL, 3, lambda k: k.energy_in_kwh),
+    Entity("energy_out", "Energy out", "kWh", "energy", TOTAL, 3, lambda k: k.energy_out_kwh),
     # extended profile
     Entity("voltage", "Voltage", "V", "voltage", MEAS, 2, lambda k: k.voltage, extended=True),
     Entity(
         "cell_voltage_delta",
-        "Cell Voltage Delta",
+        "Cell voltage delta",
         "V",
         "voltage",
         MEAS,
@@ -179,16 +179,16 @@ BANK: Final[tuple[Entity[BankView], ...]] = (
         extended=True,
         icon="mdi:battery-heart-variant",
     ),
-    Entity("time_to_full", "Time to Full", "h", "duration", MEAS, 1, lambda k: k.time_to_full, extended=True),
+    Entity("time_to_full", "Time to full", "h", "duration", MEAS, 1, lambda k: k.time_to_full, extended=True),
     Entity(
-        "time_to_empty", "Time to Empty", "h", "duration", MEAS, 1, lambda k: k.time_to_empty, extended=True
+        "time_to_empty", "Time to empty", "h", "duration", MEAS, 1, lambda k: k.time_to_empty, extended=True
     ),
     Entity(
         "alarm", "Alarm", None, "problem", None, 0, lambda k: k.alarm, extended=True, platform="binary_sensor"
     ),
     Entity(
         "batteries_online",
-        "Batteries Online",
+        "Batteries online",
         None,
         None,
         MEAS,

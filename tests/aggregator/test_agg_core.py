@@ -39,7 +39,7 @@ def test_default_tables_match_the_issue() -> None:
     assert all((e.unit, e.device_class, e.state_class, e.accuracy) == BATTERY_TABLE[e.key] for e in bank)
     assert 4 * len(battery) + len(bank) == 55
     names = {e.key: e.name for e in BATTERY}
-    assert names["battery_level"] == "Battery Level" and names["cell_voltage_min"] == "Cell Voltage Min"
+    assert names["battery_level"] == "Battery level" and names["cell_voltage_min"] == "Cell voltage min"
 
 
 def test_extended_profile_adds_entities_and_keys_are_unique() -> None:

@@ -65,7 +65,7 @@ def battery_config(slave: int) -> DeviceConfig:
 
 def bank_config(slaves: Iterable[int] = SLAVES) -> DeviceConfig:
     info = DeviceInfo(
-        id="bank", name="Battery bank", model=f"{len(list(slaves))} x RBT50LFP48S", manufacturer="Renogy"
+        id="bank", name="Battery Bank", model=f"{len(list(slaves))} x RBT50LFP48S", manufacturer="Renogy"
     )
     return DeviceConfig(info, tuple(_spec(BATTERY_SPECS[key]) for key in _BANK_KEYS))
 

@@ -106,7 +106,7 @@ def _check_device_info(info: Any) -> None:
     assert info.bluetooth_mac_address and info.bluetooth_mac_address != info.mac_address
     assert info.api_encryption_supported
     names = {d.name for d in info.devices}
-    assert names == {"Battery bank", *(f"Battery {s}" for s in SLAVES)}
+    assert names == {"Battery Bank", *(f"Battery {s}" for s in SLAVES)}
 
 
 def _check_entities(info: Any, entities: list[Any]) -> None:
@@ -127,7 +127,7 @@ def _check_entities(info: Any, entities: list[Any]) -> None:
         assert served == (name, unit, device_class), entity
         assert entity.accuracy_decimals == accuracy
         assert entity.state_class == _STATE_CLASSES[state_class]
-    assert per_device == {"Battery bank": 7, **{f"Battery {s}": 12 for s in SLAVES}}
+    assert per_device == {"Battery Bank": 7, **{f"Battery {s}": 12 for s in SLAVES}}
 
 
 async def test_reconnect_after_entity_set_change(mosquitto: Broker, tmp_path: Path) -> None:
