@@ -1,9 +1,13 @@
 """One BLE connection to a BT-2 and the one-request-at-a-time Modbus exchange over it.
 
 Replies carry no register address, so exactly one request is outstanding at a time and a reply is
-matched by slave id, function and byte count. After any failure the session is *dirty*: every
-notification is discarded until the link has been quiet for a while (or it is reconnected), so a
-late reply can never be taken for the answer to the next request.
+matched by slave id, function and byte count. A late reply must never be taken for the answer to
+the next request, so after a failure the session is cleaned before it is used again:
+
+- the BT-2 answered, but wrongly (bad CRC, exception, wrong slave...): it is done with that request;
+  every notification is discarded until the link has been quiet for a while (flush);
+- nothing, or only part of a reply, arrived in time: a reply may still be on its way, so the
+  connection is dropped and made anew (``LinkError.reconnect``), which discards it for certain.
 """
 
 from __future__ import annotations
@@ -31,15 +35,24 @@ NOTIFY_CHAR = "0000fff1-0000-1000-8000-00805f9b34fb"
 
 
 class LinkError(Exception):
-    """A request failed; ``kind`` is the error-count key of the health topic."""
+    """A request failed; ``kind`` is the error-count key of the health topic.
 
-    def __init__(self, kind: str, detail: str) -> None:
+    ``reconnect`` says the session cannot be trusted any more: drop the connection and make it anew.
+    """
+
+    reconnect = False
+
+    def __init__(self, kind: str, detail: str, *, reconnect: bool | None = None) -> None:
         super().__init__(detail)
         self.kind = kind
+        if reconnect is not None:
+            self.reconnect = reconnect
 
 
 class LinkLost(LinkError):
     """The BLE connection is gone; reconnect before the next request."""
+
+    reconnect = True
 
 
 @dataclass(slots=True)
@@ -171,14 +184,19 @@ class Bt2Link:
         if not self.connected:
             return LinkLost("disconnected", "link dropped while waiting for the reply")
         pending = self._assembler.pending if self._assembler else b""
-        if self._first_error is not None:
-            return LinkError(self._first_error.kind.value, str(self._first_error))
+        if self._first_error is not None and not pending:
+            return LinkError(
+                "garbage",
+                f"only stray bytes within {self.request_timeout} s ({self._first_error})",
+                reconnect=True,
+            )
         if pending:
             return LinkError(
                 "truncated",
                 f"only {len(pending)} of {request.response_length} reply bytes within {self.request_timeout} s",
+                reconnect=True,
             )
-        return LinkError("timeout", f"no reply within {self.request_timeout} s")
+        return LinkError("timeout", f"no reply within {self.request_timeout} s", reconnect=True)
 
     async def _flush(self) -> None:
         """Wait until the link has been quiet for quiet_window, discarding whatever arrives."""
@@ -211,6 +229,8 @@ class Bt2Link:
                 return
             if event.kind is FrameErrorKind.GARBAGE:
                 _LOGGER.debug("ignored %s", event)
+                if self._first_error is None:
+                    self._first_error = event
                 continue
             # A definite wrong answer: fail now instead of waiting for the deadline.
             waiter.set_exception(LinkError(event.kind.value, str(event)))

@@ -23,7 +23,7 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from services.reader import adapter as adapter_ops
 from services.reader.advertisements import AdvertisementBatcher, RawAdvertisement, address_type, encode_ad
 from services.reader.bluez_errors import diagnose
-from services.reader.link import Bt2Link, Exchange, LinkError, LinkLost
+from services.reader.link import Bt2Link, Exchange, LinkError
 from services.reader.readings import BatteryCycle, Identity
 from services.reader.recovery import Action, Backoff, Watchdog
 from services.reader.scanner import Scanner
@@ -42,6 +42,7 @@ EXIT_OK = 0
 EXIT_WATCHDOG = 3
 EXIT_ADAPTER = 4
 MAX_ADAPTER_ERRORS = 5
+MAX_PROBE_SPACING = 32
 BLOCKS_EVERY_CYCLE = (registers.BLOCK_STATUS, registers.BLOCK_CELLS)
 
 
@@ -89,6 +90,9 @@ class Reader:
         self.backoff = Backoff(initial=1.0, maximum=max(5.0, min(60.0, self.cfg.poll_interval or 5.0)))
         self.identities: dict[int, Identity] = {}
         self.info_due: dict[int, float] = {}
+        self._failed_cycles: dict[int, int] = {}
+        self._skip_until: dict[int, int] = {}
+        self.last_cycle_attempted = False
         self.link: Bt2Link | None = None
         self.bt2: str | None = None
         self.bt2_name: str | None = None
@@ -114,26 +118,29 @@ class Reader:
     # --- life cycle ------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        runtime = self.runtime
-        runtime.install_signal_handlers()
-        runtime.mqtt.subscribe(self.topics.scanner_set(self.cfg.instance))
-        await runtime.start()
-        if self.cfg.capture_file is not None:
-            self._capture = _open_capture(self.cfg.capture_file)
-        if self.adapter_address is None and self.backends.client is None:
-            self.adapter_address = await adapter_ops.adapter_address(self.cfg.adapter)
-        await self.scanner.start()
-        watch = asyncio.create_task(self.scanner.watch(runtime.stop_event), name="scanner-watchdog")
+        self.runtime.install_signal_handlers()
+        await self.start()
+        watch = asyncio.create_task(self.scanner.watch(self.runtime.stop_event), name="scanner-watchdog")
         try:
             await self._poll_loop()
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
-            await self._shutdown()
+            await self.shutdown()
         return self.exit_code
 
-    async def _shutdown(self) -> None:
+    async def start(self) -> None:
+        """Connect to MQTT (in the background), open the capture file, start scanning."""
+        self.runtime.mqtt.subscribe(self.topics.scanner_set(self.cfg.instance))
+        await self.runtime.start()
+        if self.cfg.capture_file is not None:
+            self._capture = _open_capture(self.cfg.capture_file)
+        if self.adapter_address is None and self.backends.client is None:
+            self.adapter_address = await adapter_ops.adapter_address(self.cfg.adapter)
+        await self.scanner.start()
+
+    async def shutdown(self) -> None:
         if self.link is not None:
             await self.link.disconnect()
         await self.scanner.stop()
@@ -149,7 +156,8 @@ class Reader:
         next_start = loop.time()
         while not stop.is_set():
             good = await self.cycle()
-            action = self.watchdog.cycle_done(good)
+            # A cycle in which every battery was skipped (backed off) says nothing about the link.
+            action = self.watchdog.cycle_done(good) if self.last_cycle_attempted else Action.NONE
             if action is not Action.NONE and not await self._escalate(action):
                 return
             if not self.cfg.keep_connected and self.link is not None:
@@ -191,20 +199,43 @@ class Reader:
         """Read every battery once; returns the number of batteries with at least one good block."""
         started = time.monotonic()
         self._cycle_floor, self._floor_known = 0.0, True
-        good = 0
-        if await self._ensure_link():
+        good = attempted = 0
+        linked = await self._ensure_link()
+        if linked:
             for slave in self.cfg.batteries:
                 if self.runtime.stop_event.is_set():
                     break
+                if self.stats.cycles < self._skip_until.get(slave, 0):
+                    continue
+                attempted += 1
                 reading = await self._read_battery(slave)
-                if reading is not None and reading.any_good:
+                if reading.any_good:
                     good += 1
+                    self._failed_cycles.pop(slave, None)
                     self._publish_reading(reading)
+                else:
+                    self._back_off_battery(slave)
+        self.last_cycle_attempted = attempted or not linked
         self.stats.cycles += 1
         self.stats.last_cycle_s = time.monotonic() - started
         self.stats.last_cycle_floor_s = self._cycle_floor if self._floor_known and self._cycle_floor else None
         self._publish_health()
         return good
+
+    def _back_off_battery(self, slave: int) -> None:
+        """Probe a battery that stopped answering less and less often (1, 2, 4 ... 32 cycles apart)."""
+        failed = self._failed_cycles[slave] = self._failed_cycles.get(slave, 0) + 1
+        skip = min(2 ** (failed - 1), MAX_PROBE_SPACING) - 1
+        self._skip_until[slave] = self.stats.cycles + 1 + skip
+        if skip and (failed == 2 or skip == MAX_PROBE_SPACING - 1):
+            _LOGGER.warning(
+                "battery %d has not answered for %d cycles; probing it every %d cycles (is slave id %d on this "
+                "BT-2's bus? setting reader.batteries)",
+                slave,
+                failed,
+                skip + 1,
+                slave,
+            )
 
     def _blocks_for(self, slave: int) -> list[tuple[int, int]]:
         blocks = list(BLOCKS_EVERY_CYCLE)
@@ -212,7 +243,7 @@ class Reader:
             blocks.append(registers.BLOCK_INFO)
         return blocks
 
-    async def _read_battery(self, slave: int) -> BatteryCycle | None:
+    async def _read_battery(self, slave: int) -> BatteryCycle:
         assert self.bt2 is not None
         reading = BatteryCycle(self.bt2, slave)
         for start, words in self._blocks_for(slave):
@@ -242,20 +273,17 @@ class Reader:
                 response = await self.link.request(request)
                 received_at = time.time()
                 values = registers.decode_checked(start, response.registers, family=self._family())
-            except LinkLost as exc:
-                self._request_failed(
-                    slave, exc.kind, f"battery {slave}: read {start}x{words}: {exc}", attempt, attempts
-                )
-                await self.link.disconnect()
-                continue
             except LinkError as exc:
+                action = "; reconnecting" if exc.reconnect else ""
                 self._request_failed(
                     slave,
                     exc.kind,
-                    f"battery {slave}: read {start}x{words} failed ({exc.kind}: {exc})",
+                    f"battery {slave}: read {start}x{words} failed ({exc.kind}: {exc}){action}",
                     attempt,
                     attempts,
                 )
+                if exc.reconnect:
+                    await self.link.disconnect()
                 continue
             except registers.BlockError as exc:
                 self._request_failed(

@@ -1,0 +1,85 @@
+"""Reader benchmark: a 4-battery cycle against the modelled floor and against the old 0.5 s-sleep approach.
+
+Both run on the same simulator with its real timing model (latency_scale 1): connection interval
+45 ms, 9600 baud UART, 20 ms turnaround, 10 ms line silence. Run: `python -m tests.bench_reader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import orjson
+
+from services.reader.link import Bt2Link
+from services.simulator import BankSimulator, SimBT2Client, SimConfig, register_simulator, unregister_simulator
+from shared.modbus import ReadRequest
+from tests.reader.support import reader_on_sim
+from tests.support.brokers import AmqttBroker
+
+# What the old system (and cyrils/renogy-bt) read per battery, sleeping 0.5 s after each block.
+OLD_BLOCKS = ((5000, 17), (5017, 17), (5042, 6), (5122, 8), (5223, 1))
+OLD_SLEEP = 0.5
+
+
+async def _ours(broker_url: str, mtu: int, cycles: int) -> dict[str, float]:
+    async with reader_on_sim(broker_url, SimConfig(mtu=mtu, latency_scale=1.0), request_timeout=1.5,
+                             info_interval=3600) as (reader, sim, probe):
+        await reader.cycle()  # connect + first read of the info block: not the steady state
+        times, floors = [], []
+        for _ in range(cycles):
+            await reader.cycle()
+            assert reader.stats.last_cycle_s is not None and reader.stats.last_cycle_floor_s is not None
+            times.append(reader.stats.last_cycle_s)
+            floors.append(reader.stats.last_cycle_floor_s)
+        assert sum(reader.stats.errors.values()) == 0
+    return {"cycle_s": statistics.median(times), "floor_s": statistics.median(floors),
+            "min_cycle_s": min(times), "max_cycle_s": max(times)}
+
+
+async def _old(mtu: int, cycles: int) -> dict[str, float]:
+    sim = BankSimulator.from_config(SimConfig(mtu=mtu, latency_scale=1.0, record_truth=False))
+    register_simulator(sim)
+    link = Bt2Link(sim.address, backend=SimBT2Client, connect_timeout=10, request_timeout=15)
+    await link.connect()
+    try:
+        times = []
+        for _ in range(cycles):
+            started = time.monotonic()
+            for slave in sim.slaves:
+                for start, words in OLD_BLOCKS:
+                    await link.request(ReadRequest(slave, start, words))
+                    await asyncio.sleep(OLD_SLEEP)  # the old approach's fixed sleep, measured on purpose
+            times.append(time.monotonic() - started)
+        floor = sum(sim.read_floor(words) for _, words in OLD_BLOCKS) * len(sim.slaves)
+    finally:
+        await link.disconnect()
+        unregister_simulator(sim)
+        sim.close()
+    return {"cycle_s": statistics.median(times), "floor_s": floor}
+
+
+async def bench_reader(cycles: int = 5, old_cycles: int = 2) -> dict[str, Any]:
+    """Median steady-state cycle of 4 batteries (5042x7 + 5000x34 each) at MTU 251 and 23, and the old way."""
+    broker = AmqttBroker()
+    await broker.start()
+    try:
+        figures: dict[str, Any] = {}
+        for mtu in (251, 23):
+            ours = await _ours(broker.url, mtu, cycles)
+            figures[f"mtu{mtu}"] = {**ours, "ratio_to_floor": ours["cycle_s"] / ours["floor_s"]}
+        old = await _old(251, old_cycles)
+        figures["old_0_5s_sleep"] = {**old, "slower_than_ours": old["cycle_s"] / figures["mtu251"]["cycle_s"]}
+        return figures
+    finally:
+        await broker.stop()
+
+
+def main() -> None:
+    print(orjson.dumps(asyncio.run(bench_reader()), option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The reader against the simulator through a real broker: what it publishes is the simulator's truth."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reader.support import assert_truthful, reader_on_sim, readings, with_sim
+
+SLAVES = (48, 49, 50, 51)
+
+
+@pytest.mark.parametrize("mtu", [251, 23])
+async def test_every_battery_published_and_truthful(broker, mtu: int) -> None:
+    async with reader_on_sim(broker.url, with_sim(mtu=mtu)) as (reader, sim, probe):
+        assert await reader.cycle() == 4
+        await probe.wait_for(lambda: {r["slave_id"] for r in readings(probe)} == set(SLAVES), what="4 readings")
+        for reading in readings(probe):
+            assert reading["complete"] is True and reading["bt2"] == "c464e3383d0e"
+            assert len(reading["cell_voltages"]) == 15 and len(reading["temperatures"]) == 15
+            assert reading["model"] == "RBT50LFP48S" and reading["serial"] == "22RBH4A051020000"
+            assert set(reading["raw"]) == {"5042", "5000", "5104"}
+            assert_truthful(reading, sim)
+        topic = "renogy/bridge/reader/default/health"
+        await probe.wait_for(lambda: topic in probe.latest)
+        health = probe.json(topic)
+        assert health["bt2"] == "c464e3383d0e" and health["errors"] == {} and health["readings_published"] == 4
+
+
+async def test_info_block_read_at_start_then_at_its_interval(mosquitto) -> None:
+    async with reader_on_sim(mosquitto.url, info_interval=3600) as (reader, sim, probe):
+        await reader.cycle()
+        await reader.cycle()
+        await probe.wait_for(lambda: len(readings(probe, 48)) >= 2)
+        first, second = readings(probe, 48)[:2]
+        assert "5104" in first["raw"] and "5104" not in second["raw"]
+        # Identity stays on every reading; the alarm/status words only where they were read.
+        assert second["model"] == "RBT50LFP48S" and "status1" not in second
+        assert_truthful(second, sim)
+
+
+async def test_silent_battery_is_backed_off_not_blocking_the_others(mosquitto, caplog) -> None:
+    async with reader_on_sim(mosquitto.url, with_sim(batteries=(48, 49)), batteries=[48, 49, 52]) as (
+        reader, sim, probe,
+    ):
+        for _ in range(4):
+            assert await reader.cycle() == 2
+        assert reader.watchdog.bad_cycles == 0
+        assert "battery 52 has not answered for 2 cycles" in caplog.text
+        attempts_on_52 = reader.stats.battery(52).consecutive_failures
+        assert attempts_on_52 < 4 * (1 + reader.cfg.retries)  # skipped in some cycles
+        assert all(r["slave_id"] in (48, 49) for r in readings(probe))
+
+
+async def test_poll_loop_keeps_interval_and_health(mosquitto) -> None:
+    async with reader_on_sim(mosquitto.url, poll_interval=0.2) as (reader, sim, probe):
+        import asyncio
+
+        loop_task = asyncio.create_task(reader._poll_loop())
+        health_topic = "renogy/bridge/reader/default/health"
+        await probe.wait_for(lambda: health_topic in probe.latest and probe.json(health_topic)["cycles"] >= 3)
+        reader.runtime.request_stop()
+        await loop_task
+        health = probe.json(health_topic)
+        assert health["link_quality"] == 100 and health["connected"] is True
+        assert health["last_cycle_floor_s"] > 0 and health["last_cycle_s"] >= health["last_cycle_floor_s"]
