@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 
 from services.reader.link import Bt2Link
-from services.simulator import BankSimulator, SimBT2Client, SimConfig, register_simulator, unregister_simulator
+from services.simulator import (
+    BankSimulator,
+    SimBT2Client,
+    SimConfig,
+    register_simulator,
+    unregister_simulator,
+)
 from shared.modbus import ReadRequest
 from tests.reader.support import reader_on_sim
 from tests.support.brokers import AmqttBroker
@@ -25,8 +31,9 @@ OLD_SLEEP = 0.5
 
 
 async def _ours(broker_url: str, mtu: int, cycles: int) -> dict[str, float]:
-    async with reader_on_sim(broker_url, SimConfig(mtu=mtu, latency_scale=1.0), request_timeout=1.5,
-                             info_interval=3600) as (reader, sim, probe):
+    async with reader_on_sim(
+        broker_url, SimConfig(mtu=mtu, latency_scale=1.0), request_timeout=1.5, info_interval=3600
+    ) as (reader, _sim, _probe):
         await reader.cycle()  # connect + first read of the info block: not the steady state
         times, floors = [], []
         for _ in range(cycles):
@@ -35,8 +42,12 @@ async def _ours(broker_url: str, mtu: int, cycles: int) -> dict[str, float]:
             times.append(reader.stats.last_cycle_s)
             floors.append(reader.stats.last_cycle_floor_s)
         assert sum(reader.stats.errors.values()) == 0
-    return {"cycle_s": statistics.median(times), "floor_s": statistics.median(floors),
-            "min_cycle_s": min(times), "max_cycle_s": max(times)}
+    return {
+        "cycle_s": statistics.median(times),
+        "floor_s": statistics.median(floors),
+        "min_cycle_s": min(times),
+        "max_cycle_s": max(times),
+    }
 
 
 async def _old(mtu: int, cycles: int) -> dict[str, float]:

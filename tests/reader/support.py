@@ -11,10 +11,17 @@ import orjson
 
 from services.reader.service import Backends, Reader
 from services.reader.simulate import SIM_ADAPTER_ADDRESS
-from services.simulator import BankSimulator, SimBT2Client, SimConfig, SimScanner, register_simulator, unregister_simulator
+from services.simulator import (
+    BankSimulator,
+    SimBT2Client,
+    SimConfig,
+    SimScanner,
+    register_simulator,
+    unregister_simulator,
+)
 from shared import registers
 from shared.config import load_config
-from shared.modbus import ReadRequest, ResponseAssembler, ReadResponse
+from shared.modbus import ReadRequest, ReadResponse, ResponseAssembler
 from tests.support.probe import MqttProbe
 
 FAST_SIM = SimConfig(latency_scale=0.02, advert_interval=0.05)
@@ -74,8 +81,20 @@ def assert_truthful(reading: dict[str, Any], sim: BankSimulator) -> None:
         (response,) = ResponseAssembler(ReadRequest(slave, start, words)).feed(frame)
         assert isinstance(response, ReadResponse)
         decoded = registers.decode_block(start, response.registers)
-        for key in ("current", "voltage", "remaining_charge", "capacity", "cycle_count", "cell_voltages",
-                    "temperatures", "status1", "status2", "serial", "model", "firmware"):
+        for key in (
+            "current",
+            "voltage",
+            "remaining_charge",
+            "capacity",
+            "cycle_count",
+            "cell_voltages",
+            "temperatures",
+            "status1",
+            "status2",
+            "serial",
+            "model",
+            "firmware",
+        ):
             if key in decoded and key in reading:
                 assert reading[key] == decoded[key], f"battery {slave} {key}"
 

@@ -42,7 +42,9 @@ async def test_request_fault_without_retries(mosquitto, caplog, fault: FaultKind
         assert await reader.cycle() == 3
         kind = REQUEST_FAULTS[fault]
         assert reader.stats.errors[kind] == 1
-        line = next(r for r in caplog.records if r.levelno >= logging.WARNING and "battery 48" in r.getMessage())
+        line = next(
+            r for r in caplog.records if r.levelno >= logging.WARNING and "battery 48" in r.getMessage()
+        )
         assert f"read 5042x7 failed ({kind}:" in line.getMessage()
         # Recovery on the very next cycle, and nothing but truth published throughout.
         assert await reader.cycle() == 4
@@ -89,7 +91,9 @@ async def test_garbage_before_the_reply_is_skipped(mosquitto) -> None:
         (FaultKind.ADAPTER_GONE, ADAPTER_NO_BLUEZ, "BlueZ is not on the system bus"),
     ],
 )
-async def test_connection_fault(mosquitto, caplog, fault: FaultKind, variant: str | None, message: str) -> None:
+async def test_connection_fault(
+    mosquitto, caplog, fault: FaultKind, variant: str | None, message: str
+) -> None:
     async with reader_on_sim(mosquitto.url, connect_timeout=1.0) as (reader, sim, probe):
         sim.faults.inject_next(fault, variant=variant)
         assert await reader.cycle() == 0
@@ -105,8 +109,9 @@ async def test_connection_fault(mosquitto, caplog, fault: FaultKind, variant: st
 
 
 async def test_mixed_faults_never_publish_a_wrong_value(mosquitto) -> None:
-    sim_config = with_sim(fault_rate=0.2, seed=7, fault_kinds=frozenset(REQUEST_FAULTS) | {FaultKind.GARBAGE},
-                          late_delay=0.5)
+    sim_config = with_sim(
+        fault_rate=0.2, seed=7, fault_kinds=frozenset(REQUEST_FAULTS) | {FaultKind.GARBAGE}, late_delay=0.5
+    )
     async with reader_on_sim(mosquitto.url, sim_config, retries=2) as (reader, sim, probe):
         for _ in range(15):
             await reader.cycle()

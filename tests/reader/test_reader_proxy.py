@@ -25,7 +25,9 @@ async def test_advertisements_are_batched_with_their_ad_bytes(mosquitto) -> None
         sent: dict[str, list[tuple]] = {}
         for item in reader.scanner._scanner._backend.emitted:  # what the simulated radio sent
             parsed = parse_ad(item.raw)
-            sent.setdefault(item.address, []).append((parsed.local_name, parsed.manufacturer_data, parsed.service_data))
+            sent.setdefault(item.address, []).append(
+                (parsed.local_name, parsed.manufacturer_data, parsed.service_data)
+            )
         for batch in _batches(probe):
             assert 1 <= len(batch["advertisements"]) <= 16
             assert batch["adapter_address"] == reader.adapter_address
@@ -37,7 +39,7 @@ async def test_advertisements_are_batched_with_their_ad_bytes(mosquitto) -> None
 
 
 async def test_scanner_state_and_mode_request(mosquitto) -> None:
-    async with reader_on_sim(mosquitto.url) as (reader, sim, probe):
+    async with reader_on_sim(mosquitto.url) as (reader, _sim, probe):
         await probe.wait_for(lambda: SCANNER in probe.latest and probe.json(SCANNER)["state"] == "running")
         assert probe.json(SCANNER)["mode"] == "active"
         probe.publish("renogy/bridge/reader/default/scanner/set", {"schema": 1, "mode": "passive"})
@@ -53,7 +55,7 @@ async def test_scanner_state_and_mode_request(mosquitto) -> None:
 
 async def test_capture_file_records_every_exchange(mosquitto, tmp_path) -> None:
     capture = tmp_path / "capture.jsonl"
-    async with reader_on_sim(mosquitto.url, capture_file=capture) as (reader, sim, probe):
+    async with reader_on_sim(mosquitto.url, capture_file=capture) as (reader, _sim, _probe):
         await reader.cycle()
     lines = [orjson.loads(line) for line in capture.read_text().splitlines()]
     assert len(lines) == 12  # 4 batteries x 3 blocks

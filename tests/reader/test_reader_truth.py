@@ -13,7 +13,9 @@ SLAVES = (48, 49, 50, 51)
 async def test_every_battery_published_and_truthful(broker, mtu: int) -> None:
     async with reader_on_sim(broker.url, with_sim(mtu=mtu)) as (reader, sim, probe):
         assert await reader.cycle() == 4
-        await probe.wait_for(lambda: {r["slave_id"] for r in readings(probe)} == set(SLAVES), what="4 readings")
+        await probe.wait_for(
+            lambda: {r["slave_id"] for r in readings(probe)} == set(SLAVES), what="4 readings"
+        )
         for reading in readings(probe):
             assert reading["complete"] is True and reading["bt2"] == "c464e3383d0e"
             assert len(reading["cell_voltages"]) == 15 and len(reading["temperatures"]) == 15
@@ -23,7 +25,9 @@ async def test_every_battery_published_and_truthful(broker, mtu: int) -> None:
         topic = "renogy/bridge/reader/default/health"
         await probe.wait_for(lambda: topic in probe.latest)
         health = probe.json(topic)
-        assert health["bt2"] == "c464e3383d0e" and health["errors"] == {} and health["readings_published"] == 4
+        assert (
+            health["bt2"] == "c464e3383d0e" and health["errors"] == {} and health["readings_published"] == 4
+        )
 
 
 async def test_info_block_read_at_start_then_at_its_interval(mosquitto) -> None:
@@ -40,7 +44,9 @@ async def test_info_block_read_at_start_then_at_its_interval(mosquitto) -> None:
 
 async def test_silent_battery_is_backed_off_not_blocking_the_others(mosquitto, caplog) -> None:
     async with reader_on_sim(mosquitto.url, with_sim(batteries=(48, 49)), batteries=[48, 49, 52]) as (
-        reader, sim, probe,
+        reader,
+        _sim,
+        probe,
     ):
         for _ in range(4):
             assert await reader.cycle() == 2
@@ -52,7 +58,7 @@ async def test_silent_battery_is_backed_off_not_blocking_the_others(mosquitto, c
 
 
 async def test_poll_loop_keeps_interval_and_health(mosquitto) -> None:
-    async with reader_on_sim(mosquitto.url, poll_interval=0.2) as (reader, sim, probe):
+    async with reader_on_sim(mosquitto.url, poll_interval=0.2) as (reader, _sim, probe):
         import asyncio
 
         loop_task = asyncio.create_task(reader._poll_loop())

@@ -16,7 +16,14 @@ from services.simulator import parse_ad
 def test_watchdog_escalates_reconnect_reset_exit() -> None:
     dog = Watchdog(cycles=2)
     actions = [dog.cycle_done(0) for _ in range(6)]
-    assert actions == [Action.NONE, Action.RECONNECT, Action.NONE, Action.RESET_ADAPTER, Action.NONE, Action.EXIT]
+    assert actions == [
+        Action.NONE,
+        Action.RECONNECT,
+        Action.NONE,
+        Action.RESET_ADAPTER,
+        Action.NONE,
+        Action.EXIT,
+    ]
     assert dog.cycle_done(1) is Action.NONE and dog.bad_cycles == 0
 
 
@@ -50,8 +57,9 @@ def test_ad_encoding_of_a_bt2() -> None:
 
 
 def test_ad_encoding_stays_within_62_bytes() -> None:
-    adv = AdvertisementData("x" * 40, {0x004C: bytes(30)}, {"0000fe95-0000-1000-8000-00805f9b34fb": bytes(20)},
-                            [], 4, -70, ())
+    adv = AdvertisementData(
+        "x" * 40, {0x004C: bytes(30)}, {"0000fe95-0000-1000-8000-00805f9b34fb": bytes(20)}, [], 4, -70, ()
+    )
     assert len(encode_ad(adv)) <= 62
 
 
@@ -61,16 +69,27 @@ def test_batcher_keeps_latest_per_address_and_flushes_at_16() -> None:
     assert full[-1] and not any(full[:-1])
     assert batcher.add(RawAdvertisement("AA:00:00:00:00:00", 0, -40, b"\x01")) is True
     batch = batcher.take()
-    assert len(batch) == 16 and [a for a in batch if a.address.endswith("00")][0].rssi == -40
+    assert len(batch) == 16 and next(a for a in batch if a.address.endswith("00")).rssi == -40
 
 
 @pytest.mark.parametrize(
     ("exc", "kind", "fatal", "text"),
     [
         (FileNotFoundError(2, "No such file or directory"), "adapter_error", False, "D-Bus"),
-        (BleakDBusError("org.freedesktop.DBus.Error.ServiceUnknown", ["The name org.bluez was not provided"]),
-         "adapter_error", True, "systemctl start bluetooth"),
-        (BleakDBusError("org.freedesktop.DBus.Error.AccessDenied", ["denied"]), "adapter_error", False, "policy"),
+        (
+            BleakDBusError(
+                "org.freedesktop.DBus.Error.ServiceUnknown", ["The name org.bluez was not provided"]
+            ),
+            "adapter_error",
+            True,
+            "systemctl start bluetooth",
+        ),
+        (
+            BleakDBusError("org.freedesktop.DBus.Error.AccessDenied", ["denied"]),
+            "adapter_error",
+            False,
+            "policy",
+        ),
         (BleakError("le-connection-abort-by-local"), "connect_failed", False, "interference"),
         (BleakDeviceNotFoundError("C4:64:E3:38:3D:0E"), "connect_failed", False, "Renogy app"),
     ],
