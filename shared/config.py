@@ -174,6 +174,12 @@ class SimulatorConfig:
     truth_log: Path | None = setting(
         None, "RENOGY_SIM_TRUTH_LOG", "Write every genuine reply as JSON lines here"
     )
+    late_delay: float = setting(
+        2.5,
+        "RENOGY_SIM_LATE_DELAY",
+        "Seconds a 'late' fault holds a reply back (absolute, not scaled; keep it above reader.request_timeout)",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

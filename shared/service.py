@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
+import psutil
+
 from shared.config import Config
 from shared.mqtt import Message, MqttClient
 from shared.payloads import dumps
@@ -89,6 +91,7 @@ class ServiceRuntime:
             on_message=on_message,
         )
         self.stop_event = asyncio.Event()
+        self._process = psutil.Process()
 
     def state_payload(self, state: str) -> bytes:
         return dumps(
@@ -112,6 +115,9 @@ class ServiceRuntime:
             "schema": SCHEMA,
             "ts": time.time(),
             "uptime_s": round(time.time() - self.started, 1),
+            # Process figures, so soaks (and users) can see memory and task counts stay flat.
+            "rss_mb": round(self._process.memory_info().rss / 1e6, 1),
+            "tasks": _task_count(),
             **health,
         }
         self.mqtt.publish(self.health_topic, dumps(body), retain=True)
@@ -129,3 +135,11 @@ class ServiceRuntime:
         if not self.stop_event.is_set():
             _LOGGER.info("%s %s stopping (%s)", self.service, self.instance, sig.name if sig else "requested")
         self.stop_event.set()
+
+
+def _task_count() -> int:
+    """Tasks of the running event loop (0 outside one)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0

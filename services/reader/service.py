@@ -215,7 +215,7 @@ class Reader:
                     self._publish_reading(reading)
                 else:
                     self._back_off_battery(slave)
-        self.last_cycle_attempted = attempted or not linked
+        self.last_cycle_attempted = bool(attempted) or not linked
         self.stats.cycles += 1
         self.stats.last_cycle_s = time.monotonic() - started
         self.stats.last_cycle_floor_s = self._cycle_floor if self._floor_known and self._cycle_floor else None

@@ -25,6 +25,7 @@ def simulator_for_config(config: Config) -> BankSimulator:
             seed=sim_cfg.seed,
             fault_rate=sim_cfg.fault_rate,
             truth_log=sim_cfg.truth_log,
+            late_delay=sim_cfg.late_delay,
             # A long-running demo must not grow memory; the optional truth log keeps everything.
             record_truth=False,
         )
