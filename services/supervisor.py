@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ _LOGGER = logging.getLogger("supervisor")
 STOP_TIMEOUT = 10.0
 HEALTHY_AFTER = 60.0  # a child that ran this long restarts without backoff
 MAX_BACKOFF = 30.0
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -42,7 +44,11 @@ class Child:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+        # Own session: a Ctrl-C in the terminal reaches only the supervisor, which then stops the
+        # services before the broker so they can publish their offline state.
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
         self.started_at = time.monotonic()
         _LOGGER.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -59,6 +65,13 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child if the supervisor itself dies (even by SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _explicit_mqtt_url(args: argparse.Namespace) -> bool:

@@ -27,6 +27,16 @@ from shared.config import MqttConfig
 _LOGGER = logging.getLogger(__name__)
 
 MAX_QUEUED = 10_000
+
+
+class _PahoNoise(logging.Filter):
+    """paho logs 'Client is not connected' at ERROR while it reconnects or stops; we log the real event."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Client is not connected" not in record.getMessage()
+
+
+logging.getLogger("paho").addFilter(_PahoNoise())
 MAX_INFLIGHT = 100
 
 
@@ -143,8 +153,6 @@ class MqttClient:
             await asyncio.to_thread(_wait_published, infos, timeout)
         self._stopping = True
         self.connected.clear()
-        # paho logs a spurious "Client is not connected" error from its loop thread after a clean disconnect.
-        self._client.disable_logger()
         if self._client.is_connected():
             self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
