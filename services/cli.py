@@ -193,20 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("keygen", help="print a new Noise encryption key for gateway.api_key")
 
     for name, text in (
-        ("status", "one-table health of services and batteries (exit code = healthy)"),
+        ("status", "one-table health of services and batteries (exit 0 healthy, 1 unhealthy, 2 no broker)"),
         ("diagnose", "versions, effective config (secrets masked), adapter and broker checks"),
     ):
         tool = sub.add_parser(name, help=text)
         _add_common(tool)
         tool.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for retained state")
+        tool.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "status":
-            tool.add_argument("--json", action="store_true", help="machine-readable output")
             tool.add_argument(
                 "--max-age",
                 type=float,
                 default=None,
-                help="seconds after which a reading counts as stale (default 3 x poll interval)",
+                help="seconds after which a reading counts as stale (default 3 x poll interval, at least 30)",
             )
+            tool.add_argument(
+                "--wait",
+                type=float,
+                default=0.0,
+                metavar="S",
+                help="keep waiting up to S seconds until everything is healthy, showing progress (first start)",
+            )
+    health = sub.add_parser(
+        "healthcheck",
+        help="is this service online and heard from recently? (docker healthcheck; exit 0/1/2)",
+    )
+    _add_common(health)
+    health.add_argument("service", choices=("reader", "aggregator", "gateway"))
+    health.add_argument("--instance", default=None, help="instance name (default: from the configuration)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds for the whole check")
     return parser
 
 
@@ -304,6 +319,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return diagnose(args, config_from(args))
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from services.ops import healthcheck  # noqa: PLC0415
+
+    return healthcheck(args, config_from(args))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "reader": cmd_reader,
@@ -315,6 +336,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keygen": cmd_keygen,
     "status": cmd_status,
     "diagnose": cmd_diagnose,
+    "healthcheck": cmd_healthcheck,
 }
 
 

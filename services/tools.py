@@ -69,7 +69,17 @@ async def scan(timeout: float, adapter: str, *, simulate: bool = False) -> int:
     if not await scanner.start():
         return 1
     print(f"scanning {timeout:.0f} s on {adapter} ...", file=sys.stderr)
-    await asyncio.sleep(timeout)  # the scan window itself, not a stand-in for a condition
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    reported: set[str] = set()
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(1.0, left))  # the scan window itself, not a stand-in for a condition
+        for address, sighting in sorted(scanner.bt2_sightings.items()):
+            if address not in reported:
+                reported.add(address)
+                print(f"  found {address} {sighting.name} (rssi {sighting.rssi} dBm)", file=sys.stderr)
+        if end - loop.time() > 0.5:
+            print(f"  {end - loop.time():.0f} s left, {len(reported)} BT-2 found", file=sys.stderr)
     await scanner.stop()
     if sim is not None:
         sim.close()

@@ -240,6 +240,11 @@ class GatewayConfig:
         "RENOGY_HA_DISCOVERY",
         "Also publish Home Assistant MQTT discovery (duplicates the API entities)",
     )
+    discovery_prefix: str = setting(
+        "homeassistant",
+        "RENOGY_HA_DISCOVERY_PREFIX",
+        "Home Assistant MQTT discovery prefix (its birth topic is <prefix>/status)",
+    )
 
 
 def _default_state_dir() -> Path:
@@ -508,6 +513,10 @@ def _cross_check(config: Config) -> None:
     if not re.match(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", config.mqtt.root_topic):
         raise ConfigError(
             f"mqtt.root_topic: {config.mqtt.root_topic!r} must be topic levels without wildcards"
+        )
+    if not re.match(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", config.gateway.discovery_prefix):
+        raise ConfigError(
+            f"gateway.discovery_prefix: {config.gateway.discovery_prefix!r} must be topic levels without wildcards"
         )
     if config.reader.backend is not None and ":" not in config.reader.backend:
         raise ConfigError(f"reader.backend: {config.reader.backend!r} must be module:Class")

@@ -10,6 +10,7 @@ from typing import Any
 
 from services.gateway.bluetooth import BluetoothHub, mode_request_payload
 from services.gateway.connection import Keepalive, Limits
+from services.gateway.discovery import Discovery
 from services.gateway.identity import resolve_node_mac
 from services.gateway.inbound import Inbound
 from services.gateway.keystore import KeyStore
@@ -71,6 +72,16 @@ class Gateway:
         self.bluetooth = BluetoothHub(flush_interval=flush_interval, on_mode_request=self._on_mode_request)
         self.inbound = Inbound(self.runtime.topics, config.reader.instance, self.registry, self.bluetooth)
         self.keystore = KeyStore(config.gateway.api_key, config.state_dir)
+        self.discovery: Discovery | None = None
+        if config.gateway.discovery:
+            self.discovery = Discovery(
+                lambda topic, payload: self.runtime.mqtt.publish(topic, payload, retain=True),
+                self.runtime.mqtt.clear_retained,
+                self.runtime.topics,
+                prefix=config.gateway.discovery_prefix,
+                node=config.gateway.name,
+                aggregator_instance=config.aggregator.instance,
+            )
         self._want_logs = logs
         self.log_fanout: LogFanout | None = None
         self.server: GatewayServer | None = None
@@ -124,7 +135,7 @@ class Gateway:
                 f"cannot listen on {cfg.bind}:{cfg.api_port} ({exc.strerror or exc}); check gateway.bind / "
                 "RENOGY_API_BIND and gateway.api_port / RENOGY_API_PORT"
             ) from None
-        for topic_filter, qos in self.inbound.filters:
+        for topic_filter, qos in self.inbound.filters + (self.discovery.filters if self.discovery else []):
             self.runtime.mqtt.subscribe(topic_filter, qos)
         await self.runtime.start()
         if cfg.mdns:
@@ -187,6 +198,8 @@ class Gateway:
 
     def _on_message(self, message: Any) -> None:
         self.inbound.handle(message)
+        if self.discovery is not None:
+            self.discovery.handle(message)
 
     def _on_mode_request(self, mode: int) -> None:
         topic = self.runtime.topics.scanner_set(self.config.reader.instance)
