@@ -20,29 +20,33 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/renogy-proxy run $(ARGS)
 
-## Lint, type-check and run every test (short forms of soak, chaos and fuzz included).
+## Lint, type-check and run every test (short forms of soak, chaos and fuzz included; never the long ones).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	RENOGY_PROOF= $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
 	$(BIN)/mypy
 
-## Benchmarks: print figures and record them in docs/benchmarks.md.
+## Benchmarks (~10 min): print figures and record them in docs/benchmarks.md. ARGS="--quick" for a smoke run.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(ARGS)
 
+## Long proofs; each prints its figures and records them in docs/benchmarks.md.
+## 10,000-cycle fault soak of the whole stack (~45 min) and a simulated day (~3 min).
 soak: $(STAMP)
-	RENOGY_PROOF=long $(BIN)/python -m pytest -q -m slow tests/proof -k soak $(PYTEST_ARGS)
+	RENOGY_PROOF=long $(BIN)/python -m pytest -q -s -m slow tests/proof/test_proof_soak.py $(PYTEST_ARGS)
 
+## 10 broker restarts and 50 SIGKILLs of each service (~15 min).
 chaos: $(STAMP)
-	RENOGY_PROOF=long $(BIN)/python -m pytest -q -m slow tests/proof -k chaos $(PYTEST_ARGS)
+	RENOGY_PROOF=long $(BIN)/python -m pytest -q -s -m slow tests/proof/test_proof_chaos.py $(PYTEST_ARGS)
 
+## Every fuzzer with the long budget: >= 100,000 API frames, >= 10,000 MQTT payloads (~5 min).
 fuzz: $(STAMP)
-	RENOGY_PROOF=long $(BIN)/python -m pytest -q tests -k fuzz $(PYTEST_ARGS)
+	RENOGY_PROOF=long $(BIN)/python -m pytest -q -s tests -k fuzz $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

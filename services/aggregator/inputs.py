@@ -103,7 +103,8 @@ def parse_reader_health(payload: bytes) -> tuple[str, LinkInfo] | None:
         raise PayloadError("'batteries' must be an object of at most 255 batteries")
     per_battery: dict[int, float] = {}
     for key, entry in batteries.items():
-        if not key.isdigit() or not 0 < int(key) < 256 or not isinstance(entry, dict):
+        # isascii first: str.isdigit() also accepts digits such as '²' that int() refuses.
+        if not (key.isascii() and key.isdigit()) or not 0 < int(key) < 256 or not isinstance(entry, dict):
             raise PayloadError(f"'batteries' entry {key[:8]!r} must be a slave id with an object")
         quality = _bounded(entry, "link_quality", 0, 100)
         if quality is not None:

@@ -126,11 +126,17 @@ def parse_advertisements(payload: bytes | bytearray | str) -> AdvertBatch:
 def parse_scanner_state(payload: bytes | bytearray | str) -> ScannerStatus:
     obj = loads_object(payload)
     state = obj.get("state")
-    if state not in SCANNER_STATES:
+    if not isinstance(state, str) or state not in SCANNER_STATES:
         raise PayloadError(f"'state' must be one of {', '.join(SCANNER_STATES)}")
     mode = obj.get("mode", "passive")
     configured = obj.get("configured_mode", mode)
-    if mode not in SCANNER_MODES or configured not in SCANNER_MODES:
+    # Type checks first: a list or object is unhashable and would raise TypeError in the lookups.
+    if (
+        not isinstance(mode, str)
+        or not isinstance(configured, str)
+        or mode not in SCANNER_MODES
+        or configured not in SCANNER_MODES
+    ):
         raise PayloadError("'mode' and 'configured_mode' must be passive or active")
     return ScannerStatus(
         SCANNER_STATES[state], SCANNER_MODES[mode], SCANNER_MODES[configured], _adapter_address(obj)

@@ -164,6 +164,7 @@ class ApiConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._disconnect_timer: asyncio.TimerHandle | None = None
         self._cork: list[bytes] | None = None
+        self._corked = 0  # bytes in _cork
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, Callable[[bytes], None]] = {
             MSG_HELLO_REQUEST: self._on_hello,
@@ -210,12 +211,13 @@ class ApiConnection(asyncio.Protocol):
         self._last_rx = self._loop.time()
         self._ping_sent = False
         self._cork = []
+        self._corked = 0
         try:
             codec = self.codec
             frames = codec.feed(data)
             handshake = codec.take_output()
             if handshake:
-                self._cork.append(handshake)
+                self._write(handshake)
             for frame in frames:
                 if self._stopped():
                     break
@@ -281,12 +283,16 @@ class ApiConnection(asyncio.Protocol):
     @property
     def buffered(self) -> int:
         transport = self.transport
-        pending = sum(len(b) for b in self._cork) if self._cork else 0
+        pending = self._corked if self._cork is not None else 0
         return pending + (transport.get_write_buffer_size() if transport is not None else 0)
 
     def _write(self, data: bytes) -> None:
         if self._cork is not None:
             self._cork.append(data)
+            self._corked += len(data)
+            # One read can hold thousands of requests: the replies count against the cap while corked.
+            if self.buffered > self.limits.hard:
+                self._cut_off(self.buffered)
             return
         transport = self.transport
         if transport is None or self.closing:
@@ -305,14 +311,16 @@ class ApiConnection(asyncio.Protocol):
     def _check_backlog(self) -> None:
         transport = self.transport
         if transport is not None and transport.get_write_buffer_size() > self.limits.hard:
-            self.node.counters.slow_client_disconnects += 1
-            _LOGGER.warning(
-                "client %s is not reading (%d bytes queued); disconnecting it",
-                self.peer,
-                transport.get_write_buffer_size(),
-            )
-            self.closing = True
-            transport.abort()
+            self._cut_off(transport.get_write_buffer_size())
+
+    def _cut_off(self, queued: int) -> None:
+        """Drop a client that has more output queued than the hard limit allows."""
+        self.node.counters.slow_client_disconnects += 1
+        _LOGGER.warning("client %s is not reading (%d bytes queued); disconnecting it", self.peer, queued)
+        self.closing = True
+        self._cork, self._corked = None, 0  # what was corked is dropped, not sent
+        if self.transport is not None:
+            self.transport.abort()
 
     def close(self) -> None:
         """Flush what is queued, then close."""

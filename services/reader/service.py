@@ -92,6 +92,8 @@ class Reader:
         self.info_due: dict[int, float] = {}
         self._failed_cycles: dict[int, int] = {}
         self._skip_until: dict[int, int] = {}
+        # Set when a read ended because the BT-2 link could not be made, not because the battery was silent.
+        self._link_unavailable = False
         self.last_cycle_attempted = False
         self.link: Bt2Link | None = None
         self.bt2: str | None = None
@@ -208,12 +210,15 @@ class Reader:
                 if self.stats.cycles < self._skip_until.get(slave, 0):
                     continue
                 attempted += 1
+                self._link_unavailable = False
                 reading = await self._read_battery(slave)
                 if reading.any_good:
                     good += 1
                     self._failed_cycles.pop(slave, None)
                     self._publish_reading(reading)
-                else:
+                elif not self._link_unavailable:
+                    # Only a battery that was asked and did not answer; a link that could not be made says
+                    # nothing about it (backing it off then delayed recovery by a cycle).
                     self._back_off_battery(slave)
         self.last_cycle_attempted = bool(attempted) or not linked
         self.stats.cycles += 1
@@ -267,6 +272,7 @@ class Reader:
         attempts = 1 + self.cfg.retries
         for attempt in range(1, attempts + 1):
             if (self.link is None or not self.link.connected) and not await self._ensure_link():
+                self._link_unavailable = True
                 return None
             assert self.link is not None
             try:
