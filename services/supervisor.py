@@ -112,7 +112,9 @@ def plan(args: argparse.Namespace, config: Config) -> tuple[list[Child], str | N
         overrides["simulator.enabled"] = True
     env = {**os.environ, **env_for(overrides)}
     config_args = ["--config", str(args.config)] if args.config else []
-    children.extend(_child(service, [service, *config_args], env) for service in ("reader", "aggregator", "gateway"))
+    children.extend(
+        _child(service, [service, *config_args], env) for service in ("reader", "aggregator", "gateway")
+    )
     return children, broker_url
 
 

@@ -106,7 +106,7 @@ class ReaderConfig:
     info_interval: float = setting(
         600.0,
         "RENOGY_INFO_INTERVAL",
-        "Seconds between reads of serial/model/firmware/alarms (5104 x 28)",
+        "Seconds between reads of serial/model/firmware/alarms (5100 x 4, 5104 x 28)",
         minimum=0,
     )
     keep_connected: bool = setting(

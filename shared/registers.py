@@ -57,7 +57,6 @@ class Field:
         return self.count_field is not None
 
 
-
 REGISTER_MAP: Final[tuple[Field, ...]] = (
     Field(5000, 1, "cell_count", "u16", description="number of cells in series (<= 16)"),
     Field(5001, 16, "cell_voltages", "u16", 0.1, "V", "cell_count", "cell voltages; unused cells read 0"),
@@ -68,7 +67,9 @@ REGISTER_MAP: Final[tuple[Field, ...]] = (
     Field(5037, 2, "environment_temperatures", "s16", 0.1, "°C", "environment_temperature_count"),
     Field(5039, 1, "heater_temperature_count", "u16"),
     Field(5040, 2, "heater_temperatures", "s16", 0.1, "°C", "heater_temperature_count"),
-    Field(5042, 1, "current", "s16", 0.01, "A", description="pack current, + = charging (0.1 A on Pro packs)"),
+    Field(
+        5042, 1, "current", "s16", 0.01, "A", description="pack current, + = charging (0.1 A on Pro packs)"
+    ),
     Field(5043, 1, "voltage", "u16", 0.1, "V", description="module voltage"),
     Field(5044, 2, "remaining_charge", "u32", 0.001, "Ah"),
     Field(5046, 2, "capacity", "u32", 0.001, "Ah", description="total (full) capacity"),
@@ -103,6 +104,10 @@ MAPPED_REGISTERS: Final[frozenset[int]] = frozenset(
 BLOCK_STATUS: Final = (5042, 7)  # current, voltage, remaining, capacity, cycle count
 BLOCK_CELLS: Final = (5000, 34)  # cell count + 16 cells, temperature count + 16 temperatures
 BLOCK_INFO: Final = (5104, 28)  # alarms, status words, serial, versions, model, firmware
+# Cell voltage and temperature alarm words: the first half of the 5100 x 8 read renogy-ble and
+# aiobmsble use; 5104 x 28 starts just after them.
+BLOCK_CELL_ALARMS: Final = (5100, 4)
+BLOCKS_INFO: Final = (BLOCK_CELL_ALARMS, BLOCK_INFO)  # read at start and every reader.info_interval
 
 # Physical ranges; a decoded value outside them is never published.
 CELL_VOLTAGE_RANGE: Final = (2.0, 4.5)

@@ -12,6 +12,7 @@ from shared.topics import SCHEMA
 PUBLISHED_FIELDS: dict[int, tuple[str, ...]] = {
     5042: ("current", "voltage", "remaining_charge", "capacity", "cycle_count"),
     5000: ("cell_voltages", "temperatures"),
+    5100: ("cell_voltage_alarms", "cell_temperature_alarms"),
     5104: (
         "other_alarms",
         "status1",

@@ -245,7 +245,7 @@ class Reader:
     def _blocks_for(self, slave: int) -> list[tuple[int, int]]:
         blocks = list(BLOCKS_EVERY_CYCLE)
         if time.monotonic() >= self.info_due.get(slave, 0.0):
-            blocks.append(registers.BLOCK_INFO)
+            blocks.extend(registers.BLOCKS_INFO)
         return blocks
 
     async def _read_battery(self, slave: int) -> BatteryCycle:

@@ -369,3 +369,15 @@ def test_docs_list_every_entity() -> None:
     for entity in (*BATTERY, *BANK):
         row = f"| `{entity.key}` | {entity.name} |"
         assert row in text, row
+
+
+def test_alarm_from_cell_alarm_words_alone() -> None:
+    core = make_core(profile="extended")
+    core.accept(reading(48, T0, other_alarms=0, cell_voltage_alarms=0, cell_temperature_alarms=0), T0)
+    core.accept(reading(49, T0, other_alarms=0, cell_voltage_alarms=0b01 << 6, cell_temperature_alarms=0), T0)
+    core.accept(reading(50, T0, cell_temperature_alarms=0b10), T0)
+    states = docs(core.pending(T0 + 1), "state")
+    assert states["battery_48"]["values"]["alarm"] is False
+    assert states["battery_49"]["values"]["alarm"] is True  # cell 4 below its lower limit
+    assert states["battery_50"]["values"]["alarm"] is True
+    assert states["bank"]["values"]["alarm"] is True

@@ -20,7 +20,7 @@ async def test_every_battery_published_and_truthful(broker, mtu: int) -> None:
             assert reading["complete"] is True and reading["bt2"] == "c464e3383d0e"
             assert len(reading["cell_voltages"]) == 15 and len(reading["temperatures"]) == 15
             assert reading["model"] == "RBT50LFP48S" and reading["serial"] == "22RBH4A051020000"
-            assert set(reading["raw"]) == {"5042", "5000", "5104"}
+            assert set(reading["raw"]) == {"5042", "5000", "5100", "5104"}
             assert_truthful(reading, sim)
         topic = "renogy/bridge/reader/default/health"
         await probe.wait_for(lambda: topic in probe.latest)
@@ -36,10 +36,26 @@ async def test_info_block_read_at_start_then_at_its_interval(mosquitto) -> None:
         await reader.cycle()
         await probe.wait_for(lambda: len(readings(probe, 48)) >= 2)
         first, second = readings(probe, 48)[:2]
-        assert "5104" in first["raw"] and "5104" not in second["raw"]
+        assert {"5100", "5104"} <= first["raw"].keys() and {"5100", "5104"}.isdisjoint(second["raw"])
+        assert first["cell_voltage_alarms"] == 0 and first["cell_temperature_alarms"] == 0
         # Identity stays on every reading; the alarm/status words only where they were read.
         assert second["model"] == "RBT50LFP48S" and "status1" not in second
+        assert "cell_voltage_alarms" not in second
         assert_truthful(second, sim)
+
+
+async def test_cell_undervoltage_alarm_published_from_the_5100_block(mosquitto) -> None:
+    async with reader_on_sim(mosquitto.url) as (reader, sim, probe):
+        pack = sim.physics.packs[49]
+        pack.remaining, pack.discharge_cut = 0.0, True  # emptied: the BMS has cut discharge
+        await reader.cycle()
+        await probe.wait_for(lambda: len(readings(probe, 49)) >= 1 and len(readings(probe, 48)) >= 1)
+        flagged = readings(probe, 49)[0]
+        cells = flagged["cell_voltages"]
+        expected = sum(0b01 << (2 * i) for i, volts in enumerate(cells) if volts < 2.8)
+        assert expected and flagged["cell_voltage_alarms"] == expected
+        assert readings(probe, 48)[0]["cell_voltage_alarms"] == 0
+        assert_truthful(flagged, sim)
 
 
 async def test_silent_battery_is_backed_off_not_blocking_the_others(mosquitto, caplog) -> None:
