@@ -56,7 +56,7 @@ class Aggregator:
             profile=self.cfg.profile,
             max_gap=config.aggregator_max_gap,
             stale_after=stale_after,
-            # alarms and status words come with the 5104 block, read every reader.info_interval only
+            # alarm and status words come with the 5100 and 5104 blocks, read every reader.info_interval only
             info_stale_after=max(stale_after, 3 * config.reader.info_interval),
         )
         self.core = AggregatorCore(layout_from_config(self.cfg), settings, started=clock())
