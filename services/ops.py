@@ -790,49 +790,35 @@ def _bluez_check(adapter: str, timeout: float = 3.0) -> dict[str, str]:
     import asyncio  # noqa: PLC0415
 
     async def probe() -> dict[str, str]:
-        from dbus_fast import BusType, Message  # noqa: PLC0415
-        from dbus_fast.aio import MessageBus  # noqa: PLC0415
+        from dbus_fast import Message  # noqa: PLC0415 - Linux only
+
+        from services.reader.adapter import adapter_properties, system_bus  # noqa: PLC0415
 
         result: dict[str, str] = {}
-        async with asyncio.timeout(timeout):
-            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-            try:
-                reply = await bus.call(
-                    Message(
-                        destination="org.freedesktop.DBus",
-                        path="/org/freedesktop/DBus",
-                        interface="org.freedesktop.DBus",
-                        member="NameHasOwner",
-                        signature="s",
-                        body=["org.bluez"],
-                    )
+        async with asyncio.timeout(timeout), system_bus() as bus:
+            reply = await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=["org.bluez"],
                 )
-                on_bus = bool(reply and reply.body and reply.body[0])
-                result["bluez_on_bus"] = "yes" if on_bus else "no (start it: systemctl start bluetooth)"
-                if on_bus:
-                    reply = await bus.call(
-                        Message(
-                            destination="org.bluez",
-                            path=f"/org/bluez/{adapter}",
-                            interface="org.freedesktop.DBus.Properties",
-                            member="GetAll",
-                            signature="s",
-                            body=["org.bluez.Adapter1"],
-                        )
+            )
+            on_bus = bool(reply and reply.body and reply.body[0])
+            result["bluez_on_bus"] = "yes" if on_bus else "no (start it: systemctl start bluetooth)"
+            if on_bus:
+                reply = await bus.call(adapter_properties(adapter, "GetAll", "s"))
+                if reply is None or reply.message_type.name == "ERROR":
+                    error = reply.error_name if reply is not None else "no reply"
+                    result["adapter"] = f"{adapter} not usable: {error} {reply.body if reply else ''}".strip()
+                else:
+                    props = {k: v.value for k, v in reply.body[0].items()}
+                    result["adapter"] = (
+                        f"{adapter} {props.get('Address', '?')}, powered {props.get('Powered')}, "
+                        f"discovering {props.get('Discovering')}"
                     )
-                    if reply is None or reply.message_type.name == "ERROR":
-                        error = reply.error_name if reply is not None else "no reply"
-                        result["adapter"] = (
-                            f"{adapter} not usable: {error} {reply.body if reply else ''}".strip()
-                        )
-                    else:
-                        props = {k: v.value for k, v in reply.body[0].items()}
-                        result["adapter"] = (
-                            f"{adapter} {props.get('Address', '?')}, powered {props.get('Powered')}, "
-                            f"discovering {props.get('Discovering')}"
-                        )
-            finally:
-                bus.disconnect()
         return result
 
     try:
