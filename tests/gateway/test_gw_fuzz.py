@@ -28,6 +28,7 @@ from services.gateway.framing import (
 from services.gateway.proto import pb
 from services.gateway.server import GatewayServer
 from tests.gateway.support import all_configs, bare_server, battery_state, wait_until
+from tests.support.logs import RecordingHandler, recording
 
 KEY = base64.b64encode(os.urandom(32)).decode()
 
@@ -92,21 +93,10 @@ class ServerThread:
         self.loop.close()
 
 
-class _InternalErrors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
-def internal_errors() -> Iterator[_InternalErrors]:
-    handler = _InternalErrors()
-    logging.getLogger("services.gateway").addHandler(handler)
-    yield handler
-    logging.getLogger("services.gateway").removeHandler(handler)
+def internal_errors() -> Iterator[RecordingHandler]:
+    with recording("services.gateway", logging.ERROR) as handler:
+        yield handler
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +165,7 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 @FUZZ
 @given(st.binary(min_size=1, max_size=3000))
 def test_random_bytes_plaintext(
-    plain_server: ServerThread, internal_errors: _InternalErrors, blob: bytes
+    plain_server: ServerThread, internal_errors: RecordingHandler, blob: bytes
 ) -> None:
     _spray(plain_server.port, blob)
     _healthy(plain_server.port)
@@ -185,7 +175,7 @@ def test_random_bytes_plaintext(
 @FUZZ
 @given(st.data())
 def test_mutated_sessions_plaintext(
-    plain_server: ServerThread, internal_errors: _InternalErrors, data: st.DataObject
+    plain_server: ServerThread, internal_errors: RecordingHandler, data: st.DataObject
 ) -> None:
     _spray(plain_server.port, _mutate(data, VALID_SESSION))
     _healthy(plain_server.port)
@@ -195,7 +185,7 @@ def test_mutated_sessions_plaintext(
 @FUZZ
 @given(st.data())
 def test_mutated_and_truncated_noise_handshakes(
-    noise_server: ServerThread, internal_errors: _InternalErrors, data: st.DataObject
+    noise_server: ServerThread, internal_errors: RecordingHandler, data: st.DataObject
 ) -> None:
     opening = _noise_opening()
     garbage = data.draw(st.binary(max_size=200))

@@ -86,7 +86,25 @@ def proc_sample(pid: int) -> ProcSample | None:
     return ProcSample(time.monotonic(), rss, fds, cpu)
 
 
-class Sampler:
+class BackgroundTask:
+    """A coroutine ``_run`` started on the running loop and cancelled by ``stop``."""
+
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Sampler(BackgroundTask):
     """Samples RSS/FDs/CPU of named processes at a fixed interval (a measurement, not a wait)."""
 
     def __init__(self, pids: Callable[[], Mapping[str, int | None]], interval: float = 1.0) -> None:
@@ -105,14 +123,8 @@ class Sampler:
             self.sample_now()
             await asyncio.sleep(self.interval)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         self.sample_now()
 
 
@@ -397,7 +409,7 @@ CHECKED_SUFFIXES = (
 
 
 @dataclass
-class ClientWatch:
+class ClientWatch(BackgroundTask):
     """An aioesphomeapi client that stays subscribed like Home Assistant, reconnecting when cut off.
 
     Keeps every state it receives; ``complete_times`` holds when each (re)subscription had a state
@@ -414,15 +426,6 @@ class ClientWatch:
     _task: asyncio.Task[None] | None = None
     _complete: asyncio.Event = field(default_factory=asyncio.Event)
     _names: dict[int, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     @property
     def complete(self) -> bool:

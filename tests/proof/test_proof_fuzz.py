@@ -70,6 +70,7 @@ from shared.payloads import (
 from shared.topics import Topics
 from tests.gateway.support import all_configs, battery_state
 from tests.support.fuzz import budget, long_run
+from tests.support.logs import RecordingHandler, recording
 
 TOPICS = Topics()
 FUZZ = settings(
@@ -378,25 +379,10 @@ class MemoryTransport(asyncio.Transport):
         return self.closed
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def gateway_logs() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("services.gateway")
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+def gateway_logs() -> Iterator[RecordingHandler]:
+    with recording("services.gateway") as handler:
+        yield handler
 
 
 _HELLO = pb.HelloRequest(client_info="fuzz", api_version_major=1, api_version_minor=19).SerializeToString()
@@ -451,7 +437,7 @@ connection_frame_st = frame_st.filter(lambda f: f[0] != 124).map(lambda f: (f[0]
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "noise"])
-def test_fuzz_api_connection(tmp_path: Path, gateway_logs: Records, encrypted: bool) -> None:
+def test_fuzz_api_connection(tmp_path: Path, gateway_logs: RecordingHandler, encrypted: bool) -> None:
     """A real connection object fed hostile sessions: no internal error; a rejected client is logged once, with why."""
     loop = asyncio.new_event_loop()
     server = _server(tmp_path, PSK_TEXT if encrypted else None)
