@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
+from services.gateway import messages as ids
+from services.gateway.adparse import legacy_advert_message
 from services.gateway.framing import Frame
 from services.gateway.proto import pb
 from shared.payloads import PayloadError, dumps, loads_object
@@ -26,8 +28,6 @@ FEATURE_RAW_ADVERTISEMENTS: Final = 1 << 5
 FEATURE_STATE_AND_MODE: Final = 1 << 6
 FEATURE_FLAGS: Final = FEATURE_PASSIVE_SCAN | FEATURE_RAW_ADVERTISEMENTS | FEATURE_STATE_AND_MODE
 
-MSG_RAW_ADVERTISEMENTS: Final = 93
-MSG_SCANNER_STATE: Final = 126
 BATCH_SIZE: Final = 16
 FLUSH_INTERVAL: Final = 0.1
 MAX_AD_BYTES: Final = 62
@@ -151,7 +151,7 @@ def scanner_frame(status: ScannerStatus) -> Frame:
     msg = pb.BluetoothScannerStateResponse(
         state=status.state, mode=status.mode, configured_mode=status.configured_mode
     )
-    return Frame(MSG_SCANNER_STATE, msg.SerializeToString())
+    return Frame(ids.BT_SCANNER_STATE, msg.SerializeToString())
 
 
 def adverts_frame(adverts: Iterable[RawAdvert]) -> Frame:
@@ -159,11 +159,20 @@ def adverts_frame(adverts: Iterable[RawAdvert]) -> Frame:
     add = msg.advertisements.add
     for ad in adverts:
         add(address=ad.address, rssi=ad.rssi, address_type=ad.address_type, data=ad.data)
-    return Frame(MSG_RAW_ADVERTISEMENTS, msg.SerializeToString())
+    return Frame(ids.BT_RAW_ADVERTISEMENTS, msg.SerializeToString())
+
+
+def legacy_adverts_frames(adverts: Iterable[RawAdvert]) -> list[Frame]:
+    """The parsed, one-message-per-advertisement form for clients that did not ask for raw."""
+    frames = []
+    for ad in adverts:
+        msg = legacy_advert_message(ad.address, ad.address_type, ad.rssi, ad.data)
+        frames.append(Frame(ids.BT_LEGACY_ADVERTISEMENT, msg.SerializeToString()))
+    return frames
 
 
 class AdvertSubscriber(Protocol):
-    def send_advertisements(self, frame: Frame) -> bool:
+    def send_advertisements(self, frames: list[Frame]) -> bool:
         """Queue a batch unless the client is backed up; False when it was dropped."""
 
     def send_frames(self, frames: list[Frame]) -> None: ...
@@ -183,6 +192,7 @@ class BluetoothHub:
         self.flush_interval = flush_interval
         self.on_mode_request = on_mode_request
         self.subscribers: set[AdvertSubscriber] = set()
+        self.legacy_subscribers: set[AdvertSubscriber] = set()  # a subset: they get the parsed form
         self.status = ScannerStatus()
         self._status_known = False
         self._pending: list[RawAdvert] = []
@@ -194,13 +204,18 @@ class BluetoothHub:
         self.dropped = 0
         self.batches = 0
 
-    def subscribe(self, subscriber: AdvertSubscriber) -> None:
+    def subscribe(self, subscriber: AdvertSubscriber, *, legacy: bool = False) -> None:
         """Add a subscriber and tell it the scanner state at once (bleak-esphome waits for it)."""
         self.subscribers.add(subscriber)
+        if legacy:
+            self.legacy_subscribers.add(subscriber)
+        else:
+            self.legacy_subscribers.discard(subscriber)
         subscriber.send_frames([scanner_frame(self.status)])
 
     def unsubscribe(self, subscriber: AdvertSubscriber) -> None:
         self.subscribers.discard(subscriber)
+        self.legacy_subscribers.discard(subscriber)
 
     def request_mode(self, mode: int) -> None:
         if mode not in MODE_NAMES:
@@ -251,14 +266,16 @@ class BluetoothHub:
             self._timer = None
         self._pending.clear()
         self.subscribers.clear()
+        self.legacy_subscribers.clear()
 
     def _send(self, chunk: list[RawAdvert]) -> None:
         if not self.subscribers:
             return
-        frame = adverts_frame(chunk)
+        raw = [adverts_frame(chunk)] if len(self.subscribers) > len(self.legacy_subscribers) else []
+        legacy = legacy_adverts_frames(chunk) if self.legacy_subscribers else []
         self.batches += 1
         for subscriber in list(self.subscribers):
-            if subscriber.send_advertisements(frame):
+            if subscriber.send_advertisements(legacy if subscriber in self.legacy_subscribers else raw):
                 self.forwarded += len(chunk)
             else:
                 self.dropped += len(chunk)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -12,43 +14,55 @@ from typing import Any, Final, Protocol
 
 from google.protobuf.message import DecodeError
 
+from services.gateway import messages as ids
 from services.gateway.bluetooth import BluetoothHub
 from services.gateway.framing import Frame
 from services.gateway.logs import LOG_CONFIG, LOG_INFO, LogFanout, log_frame
+from services.gateway.messages import frame_of
 from services.gateway.proto import pb
 from services.gateway.registry import Registry
 
 _LOGGER = logging.getLogger(__name__)
 
-MSG_HELLO_REQUEST: Final = 1
-MSG_HELLO_RESPONSE: Final = 2
-MSG_AUTH_REQUEST: Final = 3
-MSG_DISCONNECT_REQUEST: Final = 5
-MSG_DISCONNECT_RESPONSE: Final = 6
-MSG_PING_REQUEST: Final = 7
-MSG_PING_RESPONSE: Final = 8
-MSG_DEVICE_INFO_REQUEST: Final = 9
-MSG_LIST_ENTITIES_REQUEST: Final = 11
-MSG_SUBSCRIBE_STATES: Final = 20
-MSG_SUBSCRIBE_LOGS: Final = 28
-MSG_SUBSCRIBE_HA_SERVICES: Final = 34
-MSG_SUBSCRIBE_HA_STATES: Final = 38
-MSG_BT_SUBSCRIBE: Final = 66
-MSG_BT_CONNECTIONS_FREE_SUBSCRIBE: Final = 80
-MSG_BT_CONNECTIONS_FREE: Final = 81
-MSG_BT_UNSUBSCRIBE: Final = 87
-MSG_SET_KEY_REQUEST: Final = 124
-MSG_SET_KEY_RESPONSE: Final = 125
-MSG_BT_SET_MODE: Final = 127
-MSG_CAPABILITIES_REQUEST: Final = 149
-
 # ESPHome accepts only these before a successful Hello and closes on anything else it knows.
 _BEFORE_HELLO: Final = frozenset(
-    {MSG_HELLO_REQUEST, MSG_DISCONNECT_REQUEST, MSG_DISCONNECT_RESPONSE, MSG_PING_REQUEST, MSG_PING_RESPONSE}
+    {ids.HELLO_REQUEST, ids.DISCONNECT_REQUEST, ids.DISCONNECT_RESPONSE, ids.PING_REQUEST, ids.PING_RESPONSE}
 )
 _HANDSHAKE_KINDS: Final = frozenset({"mac_failure", "handshake", "bad_indicator"})
-PING_FRAME: Final = Frame(MSG_PING_REQUEST, b"")
-DISCONNECT_FRAME: Final = Frame(MSG_DISCONNECT_REQUEST, b"")
+PING_FRAME: Final = Frame(ids.PING_REQUEST, b"")
+SUBSCRIBE_RAW_FLAG: Final = 1  # BluetoothProxySubscriptionFlag.RAW_ADVERTISEMENTS
+DISCONNECT_FRAME: Final = Frame(ids.DISCONNECT_REQUEST, b"")
+# Password-less firmware's answer to ConnectRequest: invalid_password unset (false).
+CONNECT_RESPONSE_FRAME: Final = Frame(ids.AUTH_RESPONSE, b"")
+
+# Clients announcing API 1.12 or later all know sub-devices (aioesphomeapi 38+). 34.x-37.x knew them
+# but still said 1.10, so for those Home Assistant's own version in client_info decides: sub-devices
+# arrived in Home Assistant 2025.7 together with ESPHome 2025.7.
+_SUB_DEVICES_MINOR: Final = 12
+_SUB_DEVICES_HA: Final = (2025, 7)
+_HA_CLIENT = re.compile(r"^Home Assistant (\d{4})\.(\d{1,2})\b")
+
+
+def client_knows_sub_devices(api_minor: int, client_info: str) -> bool:
+    """Whether a client reads DeviceInfo.devices and entity device ids (else it gets a flat view)."""
+    if api_minor >= _SUB_DEVICES_MINOR:
+        return True
+    match = _HA_CLIENT.match(client_info)
+    return match is not None and (int(match[1]), int(match[2])) >= _SUB_DEVICES_HA
+
+
+class ConnectionState(enum.Enum):
+    """Where one session is, as aioesphomeapi's own ConnectionState tracks the client side."""
+
+    HANDSHAKE = "handshake"  # socket open (and Noise handshake if any); no Hello yet
+    CONNECTED = "connected"  # Hello answered: every request is served
+    DISCONNECTING = "disconnecting"  # we sent DisconnectRequest and wait for the client's reply
+    CLOSING = "closing"  # flushing what is queued, then the socket closes
+    CLOSED = "closed"
+
+
+_OPEN_STATES: Final = frozenset({ConnectionState.HANDSHAKE, ConnectionState.CONNECTED, ConnectionState.DISCONNECTING})
+_SESSION_STATES: Final = frozenset({ConnectionState.CONNECTED, ConnectionState.DISCONNECTING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +122,7 @@ class Node(Protocol):
 
     def hello_frame(self) -> Frame: ...
 
-    def device_info_frame(self) -> Frame: ...
+    def device_info_frame(self, *, sub_devices: bool = True) -> Frame: ...
 
     def capabilities_frame(self) -> Frame: ...
 
@@ -120,6 +134,9 @@ class Node(Protocol):
     async def set_key(self, key: bytes) -> bool: ...
 
     def connection_opened(self, connection: ApiConnection) -> bool: ...
+
+    def client_view_opened(self, connection: ApiConnection) -> None:
+        """Hello told which entity view the client needs."""
 
     def connection_closed(self, connection: ApiConnection) -> None: ...
 
@@ -152,11 +169,11 @@ class ApiConnection(asyncio.Protocol):
         self.codec: Codec | None = None
         self.peer = "?"
         self.client_info = ""
-        self.hello_done = False
+        self.state = ConnectionState.HANDSHAKE
+        self.hello_done = False  # Hello was answered at some point (stays true while closing)
+        self.sub_devices = True  # False: the client gets the flat, pre-sub-device view
         self.states_subscribed = False
         self.synced_generation: tuple[int, int] | None = None
-        self.closing = False
-        self.disconnect_requested = False
         self._loop = asyncio.get_running_loop()
         self._opened = self._loop.time()
         self._last_rx = self._opened
@@ -167,25 +184,40 @@ class ApiConnection(asyncio.Protocol):
         self._corked = 0  # bytes in _cork
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, Callable[[bytes], None]] = {
-            MSG_HELLO_REQUEST: self._on_hello,
-            MSG_AUTH_REQUEST: self._ignore,
-            MSG_DISCONNECT_REQUEST: self._on_disconnect_request,
-            MSG_DISCONNECT_RESPONSE: self._on_disconnect_response,
-            MSG_PING_REQUEST: self._on_ping,
-            MSG_PING_RESPONSE: self._ignore,
-            MSG_DEVICE_INFO_REQUEST: self._on_device_info,
-            MSG_LIST_ENTITIES_REQUEST: self._on_list_entities,
-            MSG_SUBSCRIBE_STATES: self._on_subscribe_states,
-            MSG_SUBSCRIBE_LOGS: self._on_subscribe_logs,
-            MSG_SUBSCRIBE_HA_SERVICES: self._ignore,
-            MSG_SUBSCRIBE_HA_STATES: self._ignore,
-            MSG_BT_SUBSCRIBE: self._on_bt_subscribe,
-            MSG_BT_UNSUBSCRIBE: self._on_bt_unsubscribe,
-            MSG_BT_CONNECTIONS_FREE_SUBSCRIBE: self._on_bt_connections_free,
-            MSG_BT_SET_MODE: self._on_bt_set_mode,
-            MSG_SET_KEY_REQUEST: self._on_set_key,
-            MSG_CAPABILITIES_REQUEST: self._on_capabilities,
+            ids.HELLO_REQUEST: self._on_hello,
+            ids.AUTH_REQUEST: self._on_connect_request,
+            ids.DISCONNECT_REQUEST: self._on_disconnect_request,
+            ids.DISCONNECT_RESPONSE: self._on_disconnect_response,
+            ids.PING_REQUEST: self._on_ping,
+            ids.PING_RESPONSE: self._ignore,
+            ids.DEVICE_INFO_REQUEST: self._on_device_info,
+            ids.LIST_ENTITIES_REQUEST: self._on_list_entities,
+            ids.SUBSCRIBE_STATES: self._on_subscribe_states,
+            ids.SUBSCRIBE_LOGS: self._on_subscribe_logs,
+            ids.SUBSCRIBE_HA_SERVICES: self._ignore,
+            ids.SUBSCRIBE_HA_STATES: self._ignore,
+            ids.GET_TIME_RESPONSE: self._ignore,
+            ids.BT_SUBSCRIBE: self._on_bt_subscribe,
+            ids.BT_UNSUBSCRIBE: self._on_bt_unsubscribe,
+            ids.BT_CONNECTIONS_FREE_SUBSCRIBE: self._on_bt_connections_free,
+            ids.BT_SET_MODE: self._on_bt_set_mode,
+            ids.SET_KEY_REQUEST: self._on_set_key,
+            ids.CAPABILITIES_REQUEST: self._on_capabilities,
         }
+
+    @property
+    def closing(self) -> bool:
+        return self.state not in _OPEN_STATES
+
+    @property
+    def disconnect_requested(self) -> bool:
+        return self.state is ConnectionState.DISCONNECTING
+
+    def _set_state(self, state: ConnectionState) -> None:
+        # Closed is final, and a closing socket never reopens.
+        if self.state is ConnectionState.CLOSED or (self.closing and state in _OPEN_STATES):
+            return
+        self.state = state
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -199,7 +231,7 @@ class ApiConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self.node.connection_opened(self):
-            self.closing = True
+            self._set_state(ConnectionState.CLOSING)
             transport.abort()
             return
         self.codec = self.node.new_codec()
@@ -235,7 +267,7 @@ class ApiConnection(asyncio.Protocol):
             self._uncork()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self._set_state(ConnectionState.CLOSED)
         for timer in (self._timer, self._disconnect_timer):
             if timer is not None:
                 timer.cancel()
@@ -246,7 +278,7 @@ class ApiConnection(asyncio.Protocol):
         self.transport = None
 
     def _stopped(self) -> bool:
-        # A method rather than the attribute: handlers flip `closing` behind mypy's narrowing.
+        # A method rather than the property: handlers change the state behind mypy's narrowing.
         return self.closing
 
     # --- sending ----------------------------------------------------------------------------------
@@ -267,11 +299,11 @@ class ApiConnection(asyncio.Protocol):
             return
         self._write(data)
 
-    def send_advertisements(self, frame: Frame) -> bool:
+    def send_advertisements(self, frames: list[Frame]) -> bool:
         """Advertisement batch; dropped (False) while the client's socket is backed up."""
         if not self.ready or self.buffered > self.limits.soft:
             return False
-        self.send_frames([frame])
+        self.send_frames(frames)
         return True
 
     def send_log(self, frame: Frame, level: int) -> None:
@@ -317,30 +349,32 @@ class ApiConnection(asyncio.Protocol):
         """Drop a client that has more output queued than the hard limit allows."""
         self.node.counters.slow_client_disconnects += 1
         _LOGGER.warning("client %s is not reading (%d bytes queued); disconnecting it", self.peer, queued)
-        self.closing = True
+        self._set_state(ConnectionState.CLOSING)
         self._cork, self._corked = None, 0  # what was corked is dropped, not sent
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
         """Flush what is queued, then close."""
-        self.closing = True
+        self._set_state(ConnectionState.CLOSING)
         if self._cork is None and self.transport is not None:
             self.transport.close()
 
     def request_disconnect(self) -> None:
         """Ask the client to disconnect (it replies and reconnects); abort if it does not."""
-        if self.disconnect_requested or self.closing:
+        if self.state is not ConnectionState.CONNECTED:
+            if self.state is ConnectionState.HANDSHAKE:
+                self.close()
             return
-        self.disconnect_requested = True
-        if not self.ready or not self.hello_done:
+        if not self.ready:
             self.close()
             return
+        self._set_state(ConnectionState.DISCONNECTING)
         self.send_frames([DISCONNECT_FRAME])
         self._disconnect_timer = self._loop.call_later(self.keepalive.disconnect_timeout, self._abort)
 
     def _abort(self) -> None:
-        self.closing = True
+        self._set_state(ConnectionState.CLOSING)
         if self.transport is not None:
             self.transport.abort()
 
@@ -406,23 +440,33 @@ class ApiConnection(asyncio.Protocol):
 
     def _on_hello(self, payload: bytes) -> None:
         msg = _parse(pb.HelloRequest, payload)
-        self.client_info = str(msg.client_info)[:64]
         first = not self.hello_done
-        self.hello_done = True
+        if first:
+            self.client_info = str(msg.client_info)[:64]
+            self.sub_devices = client_knows_sub_devices(int(msg.api_version_minor), self.client_info)
+            self.hello_done = True
+            self._set_state(ConnectionState.CONNECTED)
+            self.node.client_view_opened(self)
         self.send_frames([self.node.hello_frame()])
         if first:
             self.node.report_success(self.peer.rpartition(":")[0])
             _LOGGER.info(
-                "client %s connected: %r, API %d.%d%s",
+                "client %s connected: %r, API %d.%d%s%s",
                 self.peer,
                 self.client_info,
                 msg.api_version_major,
                 msg.api_version_minor,
                 ", encrypted" if self.codec is not None and self.codec.encrypted else "",
+                "" if self.sub_devices else ", without sub-devices (flat entity names)",
             )
 
+    def _on_connect_request(self, payload: bytes) -> None:
+        # Clients up to aioesphomeapi 29.x (HA 2025.4) wait for this after Hello; there is no password.
+        _parse(pb.AuthenticationRequest, payload)
+        self.send_frames([CONNECT_RESPONSE_FRAME])
+
     def _on_disconnect_request(self, payload: bytes) -> None:
-        self.send_frames([Frame(MSG_DISCONNECT_RESPONSE, b"")])
+        self.send_frames([Frame(ids.DISCONNECT_RESPONSE, b"")])
         _LOGGER.info("client %s disconnects", self.peer)
         self.close()
 
@@ -430,19 +474,20 @@ class ApiConnection(asyncio.Protocol):
         self.close()
 
     def _on_ping(self, payload: bytes) -> None:
-        self.send_frames([Frame(MSG_PING_RESPONSE, b"")])
+        self.send_frames([Frame(ids.PING_RESPONSE, b"")])
 
     def _on_device_info(self, payload: bytes) -> None:
         self.synced_generation = self.node.generation
-        self.send_frames([self.node.device_info_frame()])
+        self.send_frames([self.node.device_info_frame(sub_devices=self.sub_devices)])
 
     def _on_list_entities(self, payload: bytes) -> None:
         self.synced_generation = self.node.generation
-        self.send_frames(list(self.node.registry.catalog.list_frames))
+        catalog = self.node.registry.catalog
+        self.send_frames(list(catalog.list_frames if self.sub_devices else catalog.flat_list_frames))
 
     def _on_subscribe_states(self, payload: bytes) -> None:
         self.states_subscribed = True
-        self.send_frames(self.node.registry.initial_frames())
+        self.send_frames(self.node.registry.initial_frames(flat=not self.sub_devices))
 
     def _on_subscribe_logs(self, payload: bytes) -> None:
         msg = _parse(pb.SubscribeLogsRequest, payload)
@@ -456,8 +501,9 @@ class ApiConnection(asyncio.Protocol):
             self.send_frames([log_frame(LOG_CONFIG, f"[C][gateway]: {line}") for line in lines])
 
     def _on_bt_subscribe(self, payload: bytes) -> None:
-        _parse(pb.SubscribeBluetoothLEAdvertisementsRequest, payload)
-        self.node.bluetooth.subscribe(self)
+        msg = _parse(pb.SubscribeBluetoothLEAdvertisementsRequest, payload)
+        # Without the raw flag a client expects one parsed advertisement per message (pre-2023 form).
+        self.node.bluetooth.subscribe(self, legacy=not (int(msg.flags) & SUBSCRIBE_RAW_FLAG))
 
     def _on_bt_unsubscribe(self, payload: bytes) -> None:
         self.node.bluetooth.unsubscribe(self)
@@ -465,7 +511,7 @@ class ApiConnection(asyncio.Protocol):
     def _on_bt_connections_free(self, payload: bytes) -> None:
         # Passive proxy: no connection slots (HA never routes GATT connections here).
         msg = pb.BluetoothConnectionsFreeResponse(free=0, limit=0)
-        self.send_frames([Frame(MSG_BT_CONNECTIONS_FREE, msg.SerializeToString())])
+        self.send_frames([frame_of(msg)])
 
     def _on_bt_set_mode(self, payload: bytes) -> None:
         msg = _parse(pb.BluetoothScannerSetModeRequest, payload)
@@ -484,7 +530,7 @@ class ApiConnection(asyncio.Protocol):
             _LOGGER.exception("storing the API key failed")
             ok = False
         reply = pb.NoiseEncryptionSetKeyResponse(success=ok)
-        self.send_frames([Frame(MSG_SET_KEY_RESPONSE, reply.SerializeToString())])
+        self.send_frames([frame_of(reply)])
 
     def _on_capabilities(self, payload: bytes) -> None:
         self.send_frames([self.node.capabilities_frame()])

@@ -7,18 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from services.gateway import messages as ids
 from services.gateway.framing import Frame
 from services.gateway.proto import pb
 from shared.payloads import DeviceConfig, EntitySpec
 
 FNV_OFFSET: Final = 2166136261
 FNV_PRIME: Final = 16777619
-
-MSG_LIST_BINARY_SENSOR: Final = 12
-MSG_LIST_SENSOR: Final = 16
-MSG_LIST_DONE: Final = 19
-MSG_BINARY_SENSOR_STATE: Final = 21
-MSG_SENSOR_STATE: Final = 25
 
 _STATE_CLASSES: Final = {"measurement": 1, "total_increasing": 2, "total": 3}
 _CATEGORIES: Final = {"config": 1, "diagnostic": 2}
@@ -76,7 +71,9 @@ class Catalog:
     devices: tuple[SubDevice, ...] = ()
     entities: tuple[Entity, ...] = ()
     by_ref: Mapping[tuple[str, str], Entity] = field(default_factory=dict)
-    list_frames: tuple[Frame, ...] = (Frame(MSG_LIST_DONE, b""),)
+    list_frames: tuple[Frame, ...] = (Frame(ids.LIST_DONE, b""),)
+    # For clients that predate sub-devices: every entity on the main device, named "<device> <name>".
+    flat_list_frames: tuple[Frame, ...] = (Frame(ids.LIST_DONE, b""),)
     problems: tuple[str, ...] = ()
 
 
@@ -117,55 +114,60 @@ def build_catalog(configs: Mapping[str, DeviceConfig], version: int) -> Catalog:
             entity = Entity(key, object_id, device_ids[ref], ref, spec)
             by_key[key] = entity
             entities.append(entity)
-    frames = [list_frame(entity) for entity in entities]
-    frames.append(Frame(MSG_LIST_DONE, b""))
+    names = {device.ref: device.name for device in devices}
+    done = Frame(ids.LIST_DONE, b"")
+    frames = [*(list_frame(entity) for entity in entities), done]
+    flat_frames = [*(list_frame(entity, device_name=names[entity.device_ref]) for entity in entities), done]
     return Catalog(
         version=version,
         devices=devices,
         entities=tuple(entities),
         by_ref={(e.device_ref, e.spec.key): e for e in entities},
         list_frames=tuple(frames),
+        flat_list_frames=tuple(flat_frames),
         problems=tuple(problems),
     )
 
 
-def list_frame(entity: Entity) -> Frame:
-    """The ListEntities*Response of one entity."""
+def list_frame(entity: Entity, *, device_name: str | None = None) -> Frame:
+    """The ListEntities*Response of one entity; with ``device_name``, the flat form on the main device."""
     spec = entity.spec
     common: dict[str, Any] = {
         "object_id": entity.object_id,
         "key": entity.key,
-        "name": spec.name,
-        "device_id": entity.device_id,
+        "name": spec.name if device_name is None else f"{device_name} {spec.name}",
+        "device_id": entity.device_id if device_name is None else 0,
         "icon": spec.icon or "",
         "device_class": spec.device_class or "",
         "entity_category": _CATEGORIES.get(spec.entity_category or "", 0),
     }
     if entity.binary:
         binary = pb.ListEntitiesBinarySensorResponse(**common)
-        return Frame(MSG_LIST_BINARY_SENSOR, binary.SerializeToString())
+        return Frame(ids.LIST_BINARY_SENSOR, binary.SerializeToString())
     message = pb.ListEntitiesSensorResponse(
         **common,
         unit_of_measurement=spec.unit or "",
         accuracy_decimals=spec.accuracy,
         state_class=_STATE_CLASSES.get(spec.state_class or "", 0),
     )
-    return Frame(MSG_LIST_SENSOR, message.SerializeToString())
+    return Frame(ids.LIST_SENSOR, message.SerializeToString())
 
 
-def state_frame(entity: Entity, value: Value) -> Frame:
-    """The state message of one entity; None is reported as missing_state."""
+def state_frame(entity: Entity, value: Value, *, flat: bool = False) -> Frame:
+    """The state message of one entity; None is reported as missing_state.
+
+    ``flat``: for a client without sub-devices, whose listing put every entity on device 0.
+    """
+    device_id = 0 if flat else entity.device_id
     if entity.binary:
-        msg = pb.BinarySensorStateResponse(key=entity.key, device_id=entity.device_id)
+        msg = pb.BinarySensorStateResponse(key=entity.key, device_id=device_id)
         if value is None:
             msg.missing_state = True
         else:
             msg.state = bool(value)
-        return Frame(MSG_BINARY_SENSOR_STATE, msg.SerializeToString())
+        return Frame(ids.BINARY_SENSOR_STATE, msg.SerializeToString())
     if value is None:
-        msg = pb.SensorStateResponse(
-            key=entity.key, state=math.nan, missing_state=True, device_id=entity.device_id
-        )
+        msg = pb.SensorStateResponse(key=entity.key, state=math.nan, missing_state=True, device_id=device_id)
     else:
-        msg = pb.SensorStateResponse(key=entity.key, state=float(value), device_id=entity.device_id)
-    return Frame(MSG_SENSOR_STATE, msg.SerializeToString())
+        msg = pb.SensorStateResponse(key=entity.key, state=float(value), device_id=device_id)
+    return Frame(ids.SENSOR_STATE, msg.SerializeToString())

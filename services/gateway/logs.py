@@ -8,10 +8,10 @@ import logging
 import threading
 from typing import Final, Protocol
 
+from services.gateway import messages as ids
 from services.gateway.framing import Frame
 from services.gateway.proto import pb
 
-MSG_LOGS: Final = 29
 LOG_NONE: Final = 0
 LOG_ERROR: Final = 1
 LOG_WARN: Final = 2
@@ -35,7 +35,7 @@ def esphome_level(levelno: int) -> int:
 
 def log_frame(level: int, text: str) -> Frame:
     message = text.encode("utf-8", "replace")[:MAX_MESSAGE]
-    return Frame(MSG_LOGS, pb.SubscribeLogsResponse(level=level, message=message).SerializeToString())
+    return Frame(ids.LOGS, pb.SubscribeLogsResponse(level=level, message=message).SerializeToString())
 
 
 class LogSubscriber(Protocol):

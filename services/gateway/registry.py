@@ -24,6 +24,8 @@ class Registry:
         self._frames: dict[int, Frame] = {}
         self.catalog = Catalog()
         self.state_listeners: list[StatesListener] = []
+        # Fed only while someone listens: the same changes in the flat (no sub-device) form.
+        self.flat_state_listeners: list[StatesListener] = []
         self.catalog_listeners: list[CatalogListener] = []
 
     @property
@@ -52,6 +54,7 @@ class Registry:
         """Merge a state document; returns (and announces) the messages of values that changed."""
         values = self._values.setdefault(ref, {})
         changed: list[Frame] = []
+        changed_entities: list[tuple[Entity, Value]] = []
         by_ref = self.catalog.by_ref
         for key, value in state.values.items():
             if key in values and _same(values[key], value):
@@ -62,16 +65,23 @@ class Registry:
                 frame = state_frame(entity, value)
                 self._frames[entity.key] = frame
                 changed.append(frame)
+                changed_entities.append((entity, value))
         if changed:
             for listener in self.state_listeners:
                 listener(changed)
+            if self.flat_state_listeners:
+                flat = [state_frame(entity, value, flat=True) for entity, value in changed_entities]
+                for listener in self.flat_state_listeners:
+                    listener(flat)
         return changed
 
     def value(self, ref: str, key: str) -> Value:
         return self._values.get(ref, {}).get(key)
 
-    def initial_frames(self) -> list[Frame]:
+    def initial_frames(self, *, flat: bool = False) -> list[Frame]:
         """One state message per served entity, in list order (missing_state where unknown)."""
+        if flat:
+            return [self._frame_of(entity, flat=True) for entity in self.catalog.entities]
         return list(self._frames.values())
 
     def _rebuild(self) -> None:
@@ -84,8 +94,9 @@ class Registry:
         for listener in self.catalog_listeners:
             listener(catalog)
 
-    def _frame_of(self, entity: Entity) -> Frame:
-        return state_frame(entity, self._values.get(entity.device_ref, {}).get(entity.spec.key))
+    def _frame_of(self, entity: Entity, *, flat: bool = False) -> Frame:
+        value = self._values.get(entity.device_ref, {}).get(entity.spec.key)
+        return state_frame(entity, value, flat=flat)
 
 
 def _same(old: Value, new: Value) -> bool:

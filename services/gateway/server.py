@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.gateway import messages as ids
 from services.gateway.bluetooth import FEATURE_FLAGS, BluetoothHub
 from services.gateway.connection import ApiConnection, Codec, Counters, Keepalive, Limits
 from services.gateway.entities import Catalog
@@ -26,9 +27,6 @@ API_MAJOR: Final = 1
 API_MINOR: Final = 19
 ESPHOME_VERSION: Final = "2026.10.0"
 PROJECT_NAME: Final = "renogy.bt_esphome_proxy"
-MSG_HELLO_RESPONSE: Final = 2
-MSG_DEVICE_INFO_RESPONSE: Final = 10
-MSG_CAPABILITIES_RESPONSE: Final = 150
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +74,7 @@ class GatewayServer:
         self.relist_delay = relist_delay
         self.counters = Counters()
         self.connections: set[ApiConnection] = set()
+        self._flat_clients: set[ApiConnection] = set()
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._fallback_bt_mac = derive_bluetooth_mac(node.mac)
@@ -154,9 +153,9 @@ class GatewayServer:
             server_info=self.node.server_info,
             name=self.node.name,
         )
-        return Frame(MSG_HELLO_RESPONSE, msg.SerializeToString())
+        return Frame(ids.HELLO_RESPONSE, msg.SerializeToString())
 
-    def device_info_frame(self) -> Frame:
+    def device_info_frame(self, *, sub_devices: bool = True) -> Frame:
         node = self.node
         msg = pb.DeviceInfoResponse(
             name=node.name,
@@ -171,15 +170,16 @@ class GatewayServer:
             bluetooth_mac_address=self.bluetooth_mac,
             api_encryption_supported=True,
         )
-        for device in self.registry.catalog.devices:
-            msg.devices.add(device_id=device.device_id, name=device.name)
-        return Frame(MSG_DEVICE_INFO_RESPONSE, msg.SerializeToString())
+        if sub_devices:  # a flat client would only get empty devices from these
+            for device in self.registry.catalog.devices:
+                msg.devices.add(device_id=device.device_id, name=device.name)
+        return Frame(ids.DEVICE_INFO_RESPONSE, msg.SerializeToString())
 
     def capabilities_frame(self) -> Frame:
         msg = pb.DeviceCapabilitiesResponse()
         msg.bluetooth_proxy.feature_flags = FEATURE_FLAGS
         msg.bluetooth_proxy.mac_address = self.bluetooth_mac
-        return Frame(MSG_CAPABILITIES_RESPONSE, msg.SerializeToString())
+        return Frame(ids.CAPABILITIES_RESPONSE, msg.SerializeToString())
 
     def config_dump(self) -> list[str]:
         catalog = self.registry.catalog
@@ -209,7 +209,16 @@ class GatewayServer:
         self.counters.connections_total += 1
         return True
 
+    def client_view_opened(self, connection: ApiConnection) -> None:
+        if not connection.sub_devices:
+            self._flat_clients.add(connection)
+            if self._on_flat_states not in self.registry.flat_state_listeners:
+                self.registry.flat_state_listeners.append(self._on_flat_states)
+
     def connection_closed(self, connection: ApiConnection) -> None:
+        self._flat_clients.discard(connection)
+        if not self._flat_clients and self._on_flat_states in self.registry.flat_state_listeners:
+            self.registry.flat_state_listeners.remove(self._on_flat_states)
         if connection in self.connections:
             self.connections.discard(connection)
             if connection.hello_done:
@@ -227,6 +236,11 @@ class GatewayServer:
 
     def _on_states(self, frames: list[Frame]) -> None:
         for conn in list(self.connections):
+            if conn.states_subscribed and conn.sub_devices:
+                conn.send_frames(frames)
+
+    def _on_flat_states(self, frames: list[Frame]) -> None:
+        for conn in list(self._flat_clients):
             if conn.states_subscribed:
                 conn.send_frames(frames)
 
