@@ -25,6 +25,7 @@ from typing import Any
 from aioesphomeapi.client import APIClient
 from aioesphomeapi.model import EntityState
 
+from services.gateway import messages as ids
 from services.gateway.entities import fnv1_32
 from services.gateway.proto import pb
 from shared.payloads import DeviceState
@@ -115,7 +116,7 @@ def _pinger(port: int, seconds: float, pipe: Connection) -> None:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         decoder = PlaintextDecoder()
-        sock.sendall(encode_plaintext(1, hello.SerializeToString()))
+        sock.sendall(encode_plaintext(ids.HELLO_REQUEST, hello.SerializeToString()))
         while not any(f.msg_type == 2 for f in decoder.feed(sock.recv(4096))):
             pass
         pipe.send("ready")

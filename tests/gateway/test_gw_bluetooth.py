@@ -11,6 +11,7 @@ import orjson
 from aioesphomeapi.client import APIClient
 from aioesphomeapi.model import BluetoothScannerMode, BluetoothScannerState
 
+from services.gateway import messages as ids
 from services.gateway.bluetooth import AdvertBatch, RawAdvert
 from services.gateway.connection import Limits
 from services.gateway.framing import encode_plaintext
@@ -98,7 +99,8 @@ async def test_slow_subscriber_loses_batches_not_the_others(tmp_path: Path) -> N
         slow.setblocking(False)
         await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", server.port))
         hello = pb.HelloRequest(client_info="slow", api_version_major=1, api_version_minor=19)
-        opening = encode_plaintext(1, hello.SerializeToString()) + encode_plaintext(66, b"")
+        opening = encode_plaintext(ids.HELLO_REQUEST, hello.SerializeToString())
+        opening += encode_plaintext(ids.BT_SUBSCRIBE, b"")
         await asyncio.get_running_loop().sock_sendall(slow, opening)
         async with api_client(server.port) as fast:
             got: list[int] = []

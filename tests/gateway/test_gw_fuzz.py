@@ -18,6 +18,7 @@ from aioesphomeapi.noise import NoiseHandshake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.gateway import messages as ids
 from services.gateway.framing import (
     MAX_PAYLOAD,
     PlaintextDecoder,
@@ -25,6 +26,7 @@ from services.gateway.framing import (
     encode_plaintext,
     encode_varint,
 )
+from services.gateway.messages import message_id
 from services.gateway.proto import pb
 from services.gateway.server import GatewayServer
 from tests.gateway.support import all_configs, bare_server, battery_state, wait_until
@@ -35,21 +37,21 @@ KEY = base64.b64encode(os.urandom(32)).decode()
 _HELLO = pb.HelloRequest(client_info="fuzz", api_version_major=1, api_version_minor=19).SerializeToString()
 # A whole plaintext session as the client pipelines it.
 VALID_SESSION = b"".join(
-    encode_plaintext(t, p)
-    for t, p in (
-        (1, _HELLO),
-        (3, b""),
-        (9, b""),
-        (11, b""),
-        (149, b""),
-        (20, b""),
-        (34, b""),
-        (38, b""),
-        (66, pb.SubscribeBluetoothLEAdvertisementsRequest(flags=1).SerializeToString()),
-        (28, pb.SubscribeLogsRequest(level=5).SerializeToString()),
-        (7, b""),
-        (127, b"\x08\x01"),
-        (5, b""),
+    encode_plaintext(message_id(type(m)), m.SerializeToString())
+    for m in (
+        pb.HelloRequest(client_info="fuzz", api_version_major=1, api_version_minor=19),
+        pb.AuthenticationRequest(),
+        pb.DeviceInfoRequest(),
+        pb.ListEntitiesRequest(),
+        pb.DeviceCapabilitiesRequest(),
+        pb.SubscribeStatesRequest(),
+        pb.SubscribeHomeassistantServicesRequest(),
+        pb.SubscribeHomeAssistantStatesRequest(),
+        pb.SubscribeBluetoothLEAdvertisementsRequest(flags=1),
+        pb.SubscribeLogsRequest(level=5),
+        pb.PingRequest(),
+        pb.BluetoothScannerSetModeRequest(mode=1),
+        pb.DisconnectRequest(),
     )
 )
 
@@ -131,7 +133,7 @@ def _spray(port: int, data: bytes) -> None:
 def _healthy(port: int) -> None:
     """A fresh plaintext client still gets Hello and Ping answered."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(encode_plaintext(1, _HELLO) + encode_plaintext(7, b""))
+        sock.sendall(encode_plaintext(ids.HELLO_REQUEST, _HELLO) + encode_plaintext(ids.PING_REQUEST, b""))
         decoder = PlaintextDecoder()
         frames: list[int] = []
         while 8 not in frames:
@@ -198,7 +200,7 @@ def test_oversized_frames_close_only_that_connection(plain_server: ServerThread)
     assert server is not None
     before = server.counters.bad_frames
     _spray(plain_server.port, b"\x00" + encode_varint(MAX_PAYLOAD + 1) + b"\x07" + b"x" * 100)
-    _spray(plain_server.port, encode_plaintext(1, _HELLO) + b"\x00\xff\xff\x7f")
+    _spray(plain_server.port, encode_plaintext(ids.HELLO_REQUEST, _HELLO) + b"\x00\xff\xff\x7f")
     _healthy(plain_server.port)
     assert server.counters.bad_frames >= before + 2
 

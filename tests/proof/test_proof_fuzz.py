@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from services.aggregator.inputs import parse_reader_health
 from services.aggregator.service import Aggregator
+from services.gateway import messages as ids
 from services.gateway.bluetooth import BluetoothHub, parse_advertisements, parse_scanner_state
 from services.gateway.connection import ApiConnection, Keepalive, Limits
 from services.gateway.framing import (
@@ -387,20 +388,22 @@ def gateway_logs() -> Iterator[RecordingHandler]:
 
 _HELLO = pb.HelloRequest(client_info="fuzz", api_version_major=1, api_version_minor=19).SerializeToString()
 SESSION = [
-    (1, _HELLO),
-    (9, b""),
-    (11, b""),
-    (149, b""),
-    (20, b""),
-    (34, b""),
-    (38, b""),
-    (66, pb.SubscribeBluetoothLEAdvertisementsRequest(flags=1).SerializeToString()),
-    (28, pb.SubscribeLogsRequest(level=5, dump_config=True).SerializeToString()),
-    (80, b""),
-    (7, b""),
-    (127, b"\x08\x01"),
-    (87, b""),
-    (8, b""),
+    (ids.HELLO_REQUEST, _HELLO),
+    (ids.AUTH_REQUEST, b""),
+    (ids.DEVICE_INFO_REQUEST, b""),
+    (ids.LIST_ENTITIES_REQUEST, b""),
+    (ids.CAPABILITIES_REQUEST, b""),
+    (ids.SUBSCRIBE_STATES, b""),
+    (ids.SUBSCRIBE_HA_SERVICES, b""),
+    (ids.SUBSCRIBE_HA_STATES, b""),
+    (ids.BT_SUBSCRIBE, pb.SubscribeBluetoothLEAdvertisementsRequest(flags=1).SerializeToString()),
+    (ids.BT_SUBSCRIBE, pb.SubscribeBluetoothLEAdvertisementsRequest(flags=0).SerializeToString()),
+    (ids.SUBSCRIBE_LOGS, pb.SubscribeLogsRequest(level=5, dump_config=True).SerializeToString()),
+    (ids.BT_CONNECTIONS_FREE_SUBSCRIBE, b""),
+    (ids.PING_REQUEST, b""),
+    (ids.BT_SET_MODE, pb.BluetoothScannerSetModeRequest(mode=1).SerializeToString()),
+    (ids.BT_UNSUBSCRIBE, b""),
+    (ids.PING_RESPONSE, b""),
 ]
 
 
@@ -433,7 +436,7 @@ def _noise_bodies(data: bytes) -> list[bytes]:
 
 
 # SetKeyRequest (124) is left out: a valid one switches the server to encryption for all later examples.
-connection_frame_st = frame_st.filter(lambda f: f[0] != 124).map(lambda f: (f[0], f[1][:512]))
+connection_frame_st = frame_st.filter(lambda f: f[0] != ids.SET_KEY_REQUEST).map(lambda f: (f[0], f[1][:512]))
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "noise"])
@@ -456,7 +459,7 @@ def test_fuzz_api_connection(tmp_path: Path, gateway_logs: RecordingHandler, enc
         failures_before = server.counters.bad_frames + server.counters.handshake_failures
         connection.connection_made(transport)
         frames = data.draw(st.lists(st.sampled_from(SESSION) | connection_frame_st, max_size=20))
-        frames = [(1, _HELLO), *frames] if data.draw(st.booleans()) else frames
+        frames = [(ids.HELLO_REQUEST, _HELLO), *frames] if data.draw(st.booleans()) else frames
         where = data.draw(
             st.sampled_from(["nowhere", "handshake", "frames"] if encrypted else ["nowhere", "frames"])
         )
@@ -785,7 +788,8 @@ def test_regression_one_read_of_many_requests_cannot_queue_more_than_the_hard_li
         connection = ApiConnection(server, Keepalive(), Limits())
         transport = MemoryTransport(("10.0.0.2", 1))
         connection.connection_made(transport)
-        connection.data_received(encode_plaintext(1, _HELLO) + encode_plaintext(11, b"") * 20_000)
+        flood = encode_plaintext(ids.LIST_ENTITIES_REQUEST, b"") * 20_000
+        connection.data_received(encode_plaintext(ids.HELLO_REQUEST, _HELLO) + flood)
         assert connection.closing and transport.closed
         connection.connection_lost(None)
         return transport

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.gateway import messages as ids
 from services.gateway.connection import Limits
 from services.gateway.framing import PlaintextDecoder, encode_plaintext, encode_varint
 from services.gateway.proto import pb
@@ -275,7 +276,7 @@ def test_diagnose_masks_secrets(tmp_path: Path) -> None:
 
 def _hello() -> bytes:
     msg = pb.HelloRequest(client_info="proof", api_version_major=1, api_version_minor=19)
-    return encode_plaintext(1, msg.SerializeToString())
+    return encode_plaintext(ids.HELLO_REQUEST, msg.SerializeToString())
 
 
 def _closed_soon(sock: socket.socket, within: float) -> bool:
@@ -318,7 +319,7 @@ async def test_api_client_limit_and_buffer_caps(mosquitto: MosquittoBroker, tmp_
         # hard limit instead of growing the gateway's memory.
         with socket.create_connection(("127.0.0.1", stack.api_port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            flood = _hello() + encode_plaintext(11, b"") * 20_000
+            flood = _hello() + encode_plaintext(ids.LIST_ENTITIES_REQUEST, b"") * 20_000
             with contextlib.suppress(OSError):
                 await loop.run_in_executor(None, sock.sendall, flood)
             found = await _wait_log(gateway.log, "is not reading", 10)
@@ -350,6 +351,6 @@ async def _wait_log(read: object, text: str, timeout: float) -> bool:
 
 def test_plaintext_decoder_is_what_the_limit_test_speaks() -> None:
     # The raw-socket tests above hand-build frames; make sure they are what the server decodes.
-    frames = PlaintextDecoder().feed(_hello() + encode_plaintext(11, b""))
+    frames = PlaintextDecoder().feed(_hello() + encode_plaintext(ids.LIST_ENTITIES_REQUEST, b""))
     assert [f.msg_type for f in frames] == [1, 11]
     assert wait_port is not None
