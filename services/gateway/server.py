@@ -26,7 +26,11 @@ _LOGGER = logging.getLogger(__name__)
 API_MAJOR: Final = 1
 API_MINOR: Final = 19
 ESPHOME_VERSION: Final = "2026.10.0"
-PROJECT_NAME: Final = "renogy.bt_esphome_proxy"
+MANUFACTURER: Final = "Renogy"
+MODEL: Final = "BT-2 ESPHome proxy"
+# Home Assistant shows a set project_name's two dotted parts as manufacturer and model (and skips
+# its ESPHome-firmware nag), so it carries the same words as the fields it overrides.
+PROJECT_NAME: Final = f"{MANUFACTURER}.{MODEL}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +40,8 @@ class NodeInfo:
     name: str
     friendly_name: str
     mac: Mac
-    model: str = "Renogy BT-2 bridge"
-    manufacturer: str = "Renogy"
+    model: str = MODEL
+    manufacturer: str = MANUFACTURER
     project_name: str = PROJECT_NAME
     project_version: str = VERSION
     esphome_version: str = ESPHOME_VERSION

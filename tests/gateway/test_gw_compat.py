@@ -95,9 +95,13 @@ def _check_device_info(info: Any) -> None:
     assert info.friendly_name == "Renogy Test"
     assert info.mac_address == "02:AA:BB:CC:DD:EE"
     assert info.esphome_version.count(".") == 2 and int(info.esphome_version.split(".")[0]) >= 2026
-    assert info.project_name == "renogy.bt_esphome_proxy"
     assert info.project_version
     assert info.manufacturer == "Renogy"
+    assert info.model == "BT-2 ESPHome proxy"
+    # Home Assistant shows a dotted project_name's two parts as manufacturer and model
+    # (esphome/manager.py _async_setup_device_registry): they must read the same as the fields.
+    manufacturer, model = info.project_name.split(".")
+    assert (manufacturer, model) == (info.manufacturer, info.model)
     assert info.bluetooth_proxy_feature_flags == (
         BluetoothProxyFeature.PASSIVE_SCAN
         | BluetoothProxyFeature.RAW_ADVERTISEMENTS
