@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint bench soak fuzz chaos clean venv
+.PHONY: run test lint bench soak fuzz chaos compat test-ha clean venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=python3.11)")'
@@ -47,6 +47,15 @@ chaos: $(STAMP)
 ## Every fuzzer with the long budget: >= 100,000 API frames, >= 10,000 MQTT payloads (~5 min).
 fuzz: $(STAMP)
 	RENOGY_PROOF=long $(BIN)/python -m pytest -q -s tests -k fuzz $(PYTEST_ARGS)
+
+## Client-version matrix: the gateway against aioesphomeapi 21.0.3 ... 46.23.0 (one cached venv each), plaintext and Noise; prints the table.
+compat: $(STAMP)
+	$(BIN)/python -m tests.compat $(PYTEST_ARGS)
+
+## A real Home Assistant 2026.2.3 adds the stack over the native API (~1-2 min; the HA venv is built on
+## first use, ~2 min, and cached in $${XDG_CACHE_HOME:-~/.cache}/renogy-bt-proxy).
+test-ha: $(STAMP)
+	RENOGY_HA_TEST=1 $(BIN)/python -m pytest -q -s -rs tests/ha $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
