@@ -40,6 +40,8 @@ EXAMPLES: dict[str, Any] = {
     "aggregator.batteries": [{"bt2": "c464e3383d0e", "slave_id": 48, "id": "house_48", "name": "House 48"}],
     "gateway.api_key": "<output of renogy-proxy keygen>",
     "gateway.mac": "AA:BB:CC:DD:EE:FF",
+    "gateway.mdns_interface": "eth0",
+    "gateway.mdns_addresses": ["192.0.2.2"],
 }
 
 SECTION_TITLES = {

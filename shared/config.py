@@ -8,13 +8,15 @@ come from the same place. Precedence: defaults < TOML file < environment < comma
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import ipaddress
 import math
 import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -28,6 +30,10 @@ _UNSET: Any = object()
 _MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]?){5}[0-9A-Fa-f]{2}$")
 _NAME_RE = re.compile(r"^[a-z0-9-]{1,31}$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")  # Linux IFNAMSIZ - 1, no separators
+DEFAULT_INSTANCE = "default"
+DEFAULT_NODE_NAME = "renogy-bt-proxy"
+DEFAULT_FRIENDLY_NAME = "Renogy BT Proxy"
 
 
 class ConfigError(ValueError):
@@ -220,18 +226,45 @@ class AggregatorConfig:
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    instance: str = setting("default", "RENOGY_GATEWAY_INSTANCE", "Name of this gateway in bridge topics")
+    instance: str = setting(
+        DEFAULT_INSTANCE,
+        "RENOGY_GATEWAY_INSTANCE",
+        "Name of this gateway in bridge topics (not default: also its own node name and MAC)",
+    )
     api_port: int = setting(6053, "RENOGY_API_PORT", "ESPHome native API port", minimum=0, maximum=65535)
     bind: str = setting("0.0.0.0", "RENOGY_API_BIND", "Address the API listens on")
     api_key: str | None = setting(
         None, "RENOGY_API_KEY", "Noise encryption key (base64 of 32 bytes; renogy-proxy keygen)", secret=True
     )
-    name: str = setting("renogy-bt-proxy", "RENOGY_NAME", "Node name: [a-z0-9-], at most 31 characters")
-    friendly_name: str = setting("Renogy BT Proxy", "RENOGY_FRIENDLY_NAME", "Name shown in Home Assistant")
+    name: str = setting(
+        DEFAULT_NODE_NAME,
+        "RENOGY_NAME",
+        "Node name: [a-z0-9-], at most 31 characters (unset: renogy-bt-proxy-<instance> for another "
+        "gateway.instance)",
+    )
+    friendly_name: str = setting(
+        DEFAULT_FRIENDLY_NAME,
+        "RENOGY_FRIENDLY_NAME",
+        "Name shown in Home Assistant (unset: 'Renogy BT Proxy (<instance>)' for another gateway.instance)",
+    )
     mac: str | None = setting(
-        None, "RENOGY_MAC", "MAC address reported to Home Assistant (default: host NIC)"
+        None,
+        "RENOGY_MAC",
+        "MAC address reported to Home Assistant (default: host NIC, made distinct for another gateway.instance)",
     )
     mdns: bool = setting(True, "RENOGY_MDNS", "Announce _esphomelib._tcp on the LAN")
+    mdns_interface: str | None = setting(
+        None,
+        "RENOGY_MDNS_INTERFACE",
+        "Announce only this interface's addresses (default: LAN interfaces, default route first; "
+        "container bridges, veth and VPN tunnels never)",
+    )
+    mdns_addresses: list[str] = setting(
+        [],
+        "RENOGY_MDNS_ADDRESSES",
+        "Addresses to announce instead of the automatic choice, first = the one Home Assistant uses "
+        "(environment: comma-separated)",
+    )
     max_clients: int = setting(
         16, "RENOGY_MAX_CLIENTS", "Simultaneous API connections", minimum=1, maximum=256
     )
@@ -334,7 +367,7 @@ def _type_name(hint: Any) -> str:
     base, optional = _unwrap_optional(hint)
     name = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(base)
     if name is None:
-        name = "list of integers" if get_args(base) == (int,) else "list of tables"
+        name = {(int,): "list of integers", (str,): "list of strings"}.get(get_args(base), "list of tables")
     return f"{name} (optional)" if optional else name
 
 
@@ -376,9 +409,33 @@ def load_config(
         raw[section][key] = _validate(source or key_path, value, hint, fld.metadata)
     _check_unknown(file_values, path)
     sections = {name: cls(**raw[name]) for name, cls in _SECTIONS.items()}
+    sections["gateway"] = _instance_identity(sections["gateway"], explicit=raw["gateway"].keys())
     config = Config(**raw[""], **sections)
     _cross_check(config)
     return config
+
+
+def instance_node_name(instance: str, base: str = DEFAULT_NODE_NAME) -> str:
+    """``<base>-<instance>`` as a valid node name (a-z, 0-9, '-', at most 31 characters)."""
+    slug = re.sub(r"[^a-z0-9-]", "-", instance.lower())
+    name = f"{base}-{slug}"
+    if len(name) > 31:
+        # Keep long instance names apart: a short hash of the full name after a truncated prefix.
+        digest = hashlib.sha256(instance.encode()).hexdigest()[:4]
+        name = f"{base}-{slug[: max(0, 31 - len(base) - 6)]}-{digest}"
+    return name
+
+
+def _instance_identity(gateway: GatewayConfig, explicit: Collection[str]) -> GatewayConfig:
+    """Another gateway.instance is another device in Home Assistant, so it gets its own name and
+    title unless they are set; the default instance keeps the defaults existing entries know."""
+    if gateway.instance == DEFAULT_INSTANCE:
+        return gateway
+    name = gateway.name if "name" in explicit else instance_node_name(gateway.instance)
+    friendly = gateway.friendly_name
+    if "friendly_name" not in explicit:
+        friendly = f"{DEFAULT_FRIENDLY_NAME} ({gateway.instance})"
+    return dataclasses.replace(gateway, name=name, friendly_name=friendly)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -408,7 +465,7 @@ def _check_unknown(file_values: Mapping[str, Any], path: Path | str | None) -> N
 def _from_env(text: str, hint: Any) -> Any:
     base, _ = _unwrap_optional(hint)
     if get_origin(base) is list:
-        if get_args(base) == (int,):
+        if get_args(base) in ((int,), (str,)):
             return [part.strip() for part in text.split(",") if part.strip()]
         try:
             return orjson.loads(text)
@@ -476,8 +533,8 @@ def _coerce(value: Any, base: Any) -> Any:
     if get_origin(base) is list:
         if not isinstance(value, list | tuple):
             raise ValueError(f"expected a list, got {value!r}")
-        if get_args(base) == (int,):
-            return [_coerce(item, int) for item in value]
+        if get_args(base) in ((int,), (str,)):
+            return [_coerce(item, get_args(base)[0]) for item in value]
         if not all(isinstance(item, dict) for item in value):
             raise ValueError("expected a list of tables")
         return [dict(item) for item in value]
@@ -490,6 +547,13 @@ def _cross_check(config: Config) -> None:
         raise ConfigError(f"gateway.name: {gateway.name!r} must be 1-31 characters of a-z, 0-9 and '-'")
     if gateway.mac is not None and not _MAC_RE.match(gateway.mac):
         raise ConfigError(f"gateway.mac: {gateway.mac!r} is not a MAC address")
+    if gateway.mdns_interface is not None and not _IFNAME_RE.match(gateway.mdns_interface):
+        raise ConfigError(f"gateway.mdns_interface: {gateway.mdns_interface!r} is not an interface name")
+    for address in gateway.mdns_addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"gateway.mdns_addresses: {address!r} is not an IP address") from None
     if config.reader.bt2_address is not None and not _MAC_RE.match(config.reader.bt2_address):
         raise ConfigError(f"reader.bt2_address: {config.reader.bt2_address!r} is not a MAC address")
     for key, ids in (
@@ -551,7 +615,7 @@ def env_for(overrides: Mapping[str, Any]) -> dict[str, str]:
         name = by_path[key_path].metadata["env"]
         if isinstance(value, bool):
             env[name] = "true" if value else "false"
-        elif isinstance(value, list) and all(isinstance(v, int) for v in value):
+        elif isinstance(value, list) and all(isinstance(v, int | str) for v in value):
             env[name] = ",".join(str(v) for v in value)
         elif isinstance(value, list | dict):
             env[name] = orjson.dumps(value).decode()

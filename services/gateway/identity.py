@@ -2,6 +2,8 @@
 
 Home Assistant keys the config entry on this MAC, so it must never change between restarts, and
 the same value goes into DeviceInfo (``AA:BB:..``), the Noise server hello and mDNS (``aabb..``).
+A gateway.instance other than ``default`` shares the host's NIC, so it reports a MAC derived from
+that one and its instance name: a second device in Home Assistant, not a clash with the first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from shared.config import DEFAULT_INSTANCE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +59,12 @@ def derived_mac(seed: str) -> Mac:
     return Mac(bytes(digest))
 
 
+def instance_mac(base: Mac, instance: str) -> Mac:
+    """A non-default instance's own MAC: stable for (base, instance), never the base itself."""
+    mac = derived_mac(f"renogy-proxy:instance:{instance}:{base.hex_lower}")
+    return mac if mac != base else derived_mac(f"renogy-proxy:instance2:{instance}:{base.hex_lower}")
+
+
 def derive_bluetooth_mac(node: Mac) -> Mac:
     """A scanner MAC for Home Assistant when the reader has not told us its adapter's address."""
     mac = derived_mac(f"bluetooth:{node.hex_lower}")
@@ -62,6 +72,8 @@ def derive_bluetooth_mac(node: Mac) -> Mac:
 
 
 def _default_route_interface(proc_route: Path) -> str | None:
+    # The first IPv4 default route as listed (netif.default_route_interface weighs metrics):
+    # kept as it was, since a different pick would change the MAC of existing installs.
     try:
         lines = proc_route.read_text().splitlines()[1:]
     except OSError:
@@ -112,12 +124,23 @@ def resolve_node_mac(
     name: str,
     state_dir: Path,
     *,
+    instance: str = DEFAULT_INSTANCE,
     sys_net: Path = Path("/sys/class/net"),
     proc_route: Path = Path("/proc/net/route"),
 ) -> tuple[Mac, str]:
-    """(MAC, where it came from). Blocking file I/O: call it off the event loop."""
+    """(MAC, where it came from). Blocking file I/O: call it off the event loop.
+
+    A configured MAC is used as it is, for any instance: it is this gateway's identity.
+    """
     if configured:
         return parse_mac(configured), "config gateway.mac"
+    base, source = _base_mac(name, state_dir, sys_net, proc_route)
+    if instance == DEFAULT_INSTANCE:
+        return base, source
+    return instance_mac(base, instance), f"{source}, {base} made distinct for gateway.instance {instance}"
+
+
+def _base_mac(name: str, state_dir: Path, sys_net: Path, proc_route: Path) -> tuple[Mac, str]:
     nic = host_nic_mac(sys_net, proc_route)
     if nic is not None:
         return nic, "host network interface"

@@ -1,5 +1,6 @@
 """mDNS announcement of ``<name>._esphomelib._tcp.local.`` with the TXT records Home Assistant reads.
 
+Only addresses Home Assistant can reach are announced (services.gateway.netif decides which).
 Failing to announce is logged and otherwise ignored: Home Assistant can still add the node by address.
 """
 
@@ -7,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
+from collections.abc import Sequence
 from typing import Any, Final
 
 from services.gateway.identity import Mac
+from services.gateway.netif import Choice, announced_addresses
 from services.gateway.noise import NOISE_PROTOCOL_NAME
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,36 +43,33 @@ def build_txt(
     return {k: v for k, v in txt.items() if v}
 
 
-def host_addresses(bind: str) -> list[str]:
-    """Addresses to announce: the bind address, or every non-loopback address for a wildcard bind."""
-    if bind not in ("", "0.0.0.0", "::"):
-        return [bind]
-    import ifaddr  # noqa: PLC0415 - zeroconf's own dependency, only needed here
-
-    found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            try:
-                addr = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            if addr.is_loopback or (addr.is_link_local and addr.version == 6):
-                continue
-            if bind == "0.0.0.0" and addr.version != 4:
-                continue
-            found.append(str(addr))
-    return found
+def host_addresses(
+    bind: str, *, addresses: Sequence[str] = (), interface: str | None = None
+) -> list[str]:
+    """Addresses to announce on this host (blocking); the choice is ``netif.choose_addresses``."""
+    return list(announced_addresses(bind, explicit=addresses, only_interface=interface).addresses)
 
 
 class MdnsAnnouncer:
     """Registers, updates and withdraws the node's mDNS service."""
 
-    def __init__(self, name: str, port: int, bind: str, txt: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        bind: str,
+        txt: dict[str, str],
+        *,
+        addresses: Sequence[str] = (),
+        interface: str | None = None,
+    ) -> None:
         self.name = name
         self.port = port
         self.bind = bind
         self.txt = txt
+        self.addresses = tuple(addresses)
+        self.interface = interface
+        self.choice: Choice | None = None
         self._zc: Any = None
         self._info: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -85,14 +84,20 @@ class MdnsAnnouncer:
             from zeroconf import ServiceInfo  # noqa: PLC0415 - keep import cost off the tests that disable mDNS
             from zeroconf.asyncio import AsyncZeroconf  # noqa: PLC0415
 
-            addresses = await asyncio.to_thread(host_addresses, self.bind)
+            choice = await asyncio.to_thread(
+                announced_addresses, self.bind, explicit=self.addresses, only_interface=self.interface
+            )
+            self.choice = choice
+            if not choice.addresses:
+                # Home Assistant ignores a record without addresses; say why there are none.
+                raise RuntimeError(f"nothing to announce: {choice.describe()}")
             self._info = ServiceInfo(
                 SERVICE_TYPE,
                 f"{self.name}.{SERVICE_TYPE}",
                 port=self.port,
                 properties=self.txt,
                 server=f"{self.name}.local.",
-                parsed_addresses=addresses,
+                parsed_addresses=list(choice.addresses),
             )
             self._zc = AsyncZeroconf()
             await (await self._zc.async_register_service(self._info))
@@ -108,11 +113,7 @@ class MdnsAnnouncer:
             return
         self.registered = True
         _LOGGER.info(
-            "announced %s.%s on port %d via mDNS (%s)",
-            self.name,
-            SERVICE_TYPE,
-            self.port,
-            ", ".join(addresses) or "no addresses",
+            "announced %s.%s on port %d via mDNS: %s", self.name, SERVICE_TYPE, self.port, choice.describe()
         )
 
     async def update(self, txt: dict[str, str]) -> None:

@@ -95,7 +95,9 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config.gateway
-        mac, source = await asyncio.to_thread(resolve_node_mac, cfg.mac, cfg.name, self.config.state_dir)
+        mac, source = await asyncio.to_thread(
+            resolve_node_mac, cfg.mac, cfg.name, self.config.state_dir, instance=cfg.instance
+        )
         await asyncio.to_thread(self.keystore.load)
         _LOGGER.info(
             "node %s (%s), MAC %s (%s), encryption: %s",
@@ -139,7 +141,14 @@ class Gateway:
             self.runtime.mqtt.subscribe(topic_filter, qos)
         await self.runtime.start()
         if cfg.mdns:
-            self.mdns = MdnsAnnouncer(cfg.name, self.server.port, cfg.bind, self._txt())
+            self.mdns = MdnsAnnouncer(
+                cfg.name,
+                self.server.port,
+                cfg.bind,
+                self._txt(),
+                addresses=cfg.mdns_addresses,
+                interface=cfg.mdns_interface,
+            )
             self.mdns.start()
             self.keystore.listeners.append(self._on_key_changed)
         self._health_task = loop.create_task(self._health_loop())
