@@ -667,11 +667,11 @@ def probe_api(host: str, port: int, *, encrypted: bool, timeout: float = HELLO_T
 
 
 def _api_target(config: Config) -> tuple[str, int, bool]:
-    from services.gateway.keystore import KEY_FILE  # noqa: PLC0415 - small module, no heavy imports
+    from services.gateway.keystore import key_file_name  # noqa: PLC0415 - small module, no heavy imports
 
     gateway = config.gateway
     host = gateway.bind if gateway.bind not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    encrypted = bool(gateway.api_key) or (config.state_dir / KEY_FILE).exists()
+    encrypted = bool(gateway.api_key) or (config.state_dir / key_file_name(gateway.instance)).exists()
     return host, gateway.api_port, encrypted
 
 

@@ -19,6 +19,12 @@ from shared.noise_key import InvalidKeyError, decode_key, generate_key
 _LOGGER = logging.getLogger(__name__)
 
 KEY_FILE = "gateway_api_key"
+DEFAULT_INSTANCE = "default"
+
+
+def key_file_name(instance: str = DEFAULT_INSTANCE) -> str:
+    """The provisioned-key file of one gateway instance: two gateways on one state dir never share it."""
+    return KEY_FILE if instance == DEFAULT_INSTANCE else f"{KEY_FILE}.{instance}"
 
 
 class KeySource(Enum):
@@ -35,8 +41,8 @@ def new_key_text() -> str:
 class KeyStore:
     """Current PSK and its source; ``listeners`` hear about provisioning."""
 
-    def __init__(self, configured: str | None, state_dir: Path) -> None:
-        self.path = state_dir / KEY_FILE
+    def __init__(self, configured: str | None, state_dir: Path, instance: str = DEFAULT_INSTANCE) -> None:
+        self.path = state_dir / key_file_name(instance)
         self._configured = decode_key(configured) if configured else None
         self._provisioned: bytes | None = None
         self.listeners: list[Callable[[], None]] = []

@@ -71,7 +71,7 @@ class Gateway:
         self.registry = Registry()
         self.bluetooth = BluetoothHub(flush_interval=flush_interval, on_mode_request=self._on_mode_request)
         self.inbound = Inbound(self.runtime.topics, config.reader.instance, self.registry, self.bluetooth)
-        self.keystore = KeyStore(config.gateway.api_key, config.state_dir)
+        self.keystore = KeyStore(config.gateway.api_key, config.state_dir, config.gateway.instance)
         self.discovery: Discovery | None = None
         if config.gateway.discovery:
             self.discovery = Discovery(

@@ -218,3 +218,16 @@ async def test_two_gateways_on_this_host_serve_two_identities(
     assert (default.name, garage.name) == ("renogy-bt-proxy", "renogy-bt-proxy-garage")
     assert default.mac != garage.mac
     assert default.friendly_name != garage.friendly_name
+
+
+async def test_two_instances_on_one_state_dir_keep_their_own_keys(tmp_path: Path) -> None:
+    """A key Home Assistant gives one gateway must not become the other's after a restart."""
+    default, garage = KeyStore(None, tmp_path), KeyStore(None, tmp_path, "garage")
+    key = new_key_text().encode()
+    assert await garage.provision(key)
+    default.load()
+    assert default.psk is None
+    reloaded = KeyStore(None, tmp_path, "garage")
+    reloaded.load()
+    assert reloaded.psk == decode_key(key.decode())
+    assert default.path.name == "gateway_api_key"  # today's file: existing installs keep their key
