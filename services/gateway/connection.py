@@ -138,6 +138,9 @@ class Node(Protocol):
     def client_view_opened(self, connection: ApiConnection) -> None:
         """Hello told which entity view the client needs."""
 
+    def provisioner_settled(self, connection: ApiConnection) -> None:
+        """A client that set the API key subscribed to states (its setup is done) or disconnected."""
+
     def connection_closed(self, connection: ApiConnection) -> None: ...
 
     def report_failure(self, peer: str, msg: str, *args: Any) -> None: ...
@@ -173,6 +176,7 @@ class ApiConnection(asyncio.Protocol):
         self.hello_done = False  # Hello was answered at some point (stays true while closing)
         self.sub_devices = True  # False: the client gets the flat, pre-sub-device view
         self.states_subscribed = False
+        self.provisioned_key = False  # this client set the API key and has not finished its setup yet
         self.synced_generation: tuple[int, int] | None = None
         self._loop = asyncio.get_running_loop()
         self._opened = self._loop.time()
@@ -274,6 +278,9 @@ class ApiConnection(asyncio.Protocol):
         self.node.bluetooth.unsubscribe(self)
         if self.node.logs is not None:
             self.node.logs.unsubscribe(self)
+        if self.provisioned_key:
+            self.provisioned_key = False
+            self.node.provisioner_settled(self)
         self.node.connection_closed(self)
         self.transport = None
 
@@ -487,6 +494,9 @@ class ApiConnection(asyncio.Protocol):
 
     def _on_subscribe_states(self, payload: bytes) -> None:
         self.states_subscribed = True
+        if self.provisioned_key:
+            self.provisioned_key = False
+            self.node.provisioner_settled(self)
         self.send_frames(self.node.registry.initial_frames(flat=not self.sub_devices))
 
     def _on_subscribe_logs(self, payload: bytes) -> None:
@@ -529,6 +539,10 @@ class ApiConnection(asyncio.Protocol):
         except Exception:
             _LOGGER.exception("storing the API key failed")
             ok = False
+        if ok and not self.states_subscribed and not self.closing:
+            self.provisioned_key = True
+        elif ok:
+            self.node.provisioner_settled(self)
         reply = pb.NoiseEncryptionSetKeyResponse(success=ok)
         self.send_frames([frame_of(reply)])
 

@@ -87,6 +87,9 @@ class GatewayServer:
         self._relist_first: float | None = None
         self._failures = RepeatFilter(_LOGGER)
         self._all_closed = asyncio.Event()
+        # Clear while a client that just provisioned a key is still setting up (see Gateway._on_key_changed).
+        self.provisioning_settled = asyncio.Event()
+        self.provisioning_settled.set()
         registry.state_listeners.append(self._on_states)
         registry.catalog_listeners.append(self._on_catalog)
         bluetooth.address_listeners.append(self._on_bluetooth_address)
@@ -197,7 +200,15 @@ class GatewayServer:
         ]
 
     async def set_key(self, key: bytes) -> bool:
-        return await self.keystore.provision(key)
+        self.provisioning_settled.clear()
+        ok = await self.keystore.provision(key)
+        if not ok:
+            self.provisioning_settled.set()
+        return ok
+
+    def provisioner_settled(self, connection: ApiConnection) -> None:
+        """The client that set the key has finished its setup (subscribed to states) or left."""
+        self.provisioning_settled.set()
 
     def connection_opened(self, connection: ApiConnection) -> bool:
         if len(self.connections) >= self.max_clients:

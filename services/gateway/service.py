@@ -58,6 +58,7 @@ class Gateway:
         keepalive: Keepalive | None = None,
         limits: Limits | None = None,
         relist_delay: float = 1.5,
+        key_announce_timeout: float = 30.0,
         flush_interval: float = 0.1,
         health_interval: float = HEALTH_INTERVAL,
         logs: bool = True,
@@ -66,6 +67,7 @@ class Gateway:
         self.keepalive = keepalive
         self.limits = limits
         self.relist_delay = relist_delay
+        self.key_announce_timeout = key_announce_timeout
         self.health_interval = health_interval
         self.runtime = ServiceRuntime(config, "gateway", config.gateway.instance, on_message=self._on_message)
         self.registry = Registry()
@@ -201,9 +203,22 @@ class Gateway:
 
     def _on_key_changed(self) -> None:
         if self.mdns is not None:
-            task = asyncio.get_running_loop().create_task(self.mdns.update(self._txt()))
+            task = asyncio.get_running_loop().create_task(self._update_txt_after_provisioning())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _update_txt_after_provisioning(self) -> None:
+        """Announce the new encryption state only once the provisioning client is set up.
+
+        Home Assistant provisions the key halfway through setting up the entry. A TXT change at that
+        moment makes its zeroconf discovery re-check the entry; if the announced address differs
+        from the entry's, it updates the host and reloads the entry while the first setup is still
+        forwarding platforms ("already been setup!"), and every entity stays unavailable.
+        """
+        assert self.server is not None and self.mdns is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.server.provisioning_settled.wait(), self.key_announce_timeout)
+        await self.mdns.update(self._txt())
 
     def _on_message(self, message: Any) -> None:
         self.inbound.handle(message)

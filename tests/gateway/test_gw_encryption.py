@@ -14,6 +14,7 @@ from aioesphomeapi.core import (
 )
 
 from services.gateway.keystore import KEY_FILE, new_key_text
+from services.gateway.mdns import MdnsAnnouncer
 from tests.conftest import Broker
 from tests.gateway.support import (
     all_configs,
@@ -22,6 +23,7 @@ from tests.gateway.support import (
     publish_devices,
     running_gateway,
     wait_entities,
+    wait_until,
 )
 from tests.support.probe import MqttProbe
 
@@ -86,3 +88,46 @@ async def test_key_provisioning_persists_and_switches_to_noise(mosquitto: Broker
         async with api_client(gateway.port, noise_psk=key) as client:
             entities, _ = await client.list_entities_services()
             assert entities == []
+
+
+async def test_mdns_switches_to_api_encryption_only_after_the_provisioner_is_set_up(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Home Assistant provisions mid-setup; a TXT change then races its own entry setup.
+
+    The discovery flow that the TXT change triggers reloads the entry while the first setup still
+    forwards platforms, and every entity stays unavailable. The announcement waits until the
+    provisioning client subscribed to states, as Home Assistant does at the end of its setup.
+    """
+    txt_updates: list[dict[str, str]] = []
+
+    async def record(self: MdnsAnnouncer, txt: dict[str, str]) -> None:
+        txt_updates.append(txt)
+
+    monkeypatch.setattr(MdnsAnnouncer, "start", lambda self: None)  # no real multicast from a test
+    monkeypatch.setattr(MdnsAnnouncer, "update", record)
+    config = gateway_config(mosquitto.url, tmp_path, mdns=True)
+    async with running_gateway(config) as gateway, api_client(gateway.port) as client:
+        assert await client.noise_encryption_set_key(new_key_text().encode()) is True
+        await client.device_info()  # a round trip: the server has handled everything before it
+        assert txt_updates == [], "TXT changed while the provisioning client was still setting up"
+        client.subscribe_states(lambda state: None)
+        await wait_until(lambda: txt_updates, what="the TXT update after setup")
+        assert "api_encryption" in txt_updates[0] and "api_encryption_supported" not in txt_updates[0]
+
+
+async def test_mdns_update_after_the_provisioner_leaves(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    txt_updates: list[dict[str, str]] = []
+
+    async def record(self: MdnsAnnouncer, txt: dict[str, str]) -> None:
+        txt_updates.append(txt)
+
+    monkeypatch.setattr(MdnsAnnouncer, "start", lambda self: None)
+    monkeypatch.setattr(MdnsAnnouncer, "update", record)
+    config = gateway_config(mosquitto.url, tmp_path, mdns=True)
+    async with running_gateway(config) as gateway:
+        async with api_client(gateway.port) as client:
+            assert await client.noise_encryption_set_key(new_key_text().encode()) is True
+        await wait_until(lambda: txt_updates, what="the TXT update after the client left")
