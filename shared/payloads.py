@@ -8,6 +8,7 @@ hand-published with mosquitto_pub, or from an older/newer schema.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -17,7 +18,11 @@ import orjson
 from shared import registers
 from shared.topics import SCHEMA, valid_device_id
 
-Platform = Literal["sensor", "binary_sensor"]
+Platform = Literal["sensor", "binary_sensor", "text_sensor"]
+PLATFORMS: Final[tuple[Platform, ...]] = ("sensor", "binary_sensor", "text_sensor")
+# A state value: a number (sensor), true/false (binary_sensor), a short text (text_sensor), or unknown.
+StateValue = float | bool | str | None
+MAX_TEXT_VALUE: Final = 64
 STATE_CLASSES: Final = ("measurement", "total_increasing", "total", "")
 ENTITY_CATEGORIES: Final = ("diagnostic", "config", "")
 MAX_PAYLOAD: Final = 256 * 1024
@@ -81,6 +86,15 @@ def _text(obj: Mapping[str, Any], key: str, *, limit: int = 120) -> str | None:
     if not isinstance(value, str) or len(value) > limit:
         raise PayloadError(f"{key!r} must be a string of at most {limit} characters")
     return value
+
+
+def text_value_problem(value: str) -> str | None:
+    """Why a string cannot be a state value (too long, control characters), or None when it can."""
+    if len(value) > MAX_TEXT_VALUE:
+        return f"is {len(value)} characters long (at most {MAX_TEXT_VALUE})"
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        return "holds a control character"
+    return None
 
 
 def _bool(obj: Mapping[str, Any], key: str) -> bool | None:
@@ -260,7 +274,7 @@ class DeviceConfig:
 @dataclass(frozen=True, slots=True)
 class DeviceState:
     ts: float
-    values: Mapping[str, float | bool | None]
+    values: Mapping[str, StateValue]
 
     def to_payload(self) -> bytes:
         return dumps({"schema": SCHEMA, "ts": self.ts, "values": dict(self.values)})
@@ -307,7 +321,7 @@ def parse_device_config(payload: bytes | bytearray | str) -> DeviceConfig:
         if category is not None and category not in ENTITY_CATEGORIES:
             raise PayloadError(f"entities[{index}].entity_category {category!r} is unknown")
         platform = raw.get("platform", "sensor")
-        if platform not in ("sensor", "binary_sensor"):
+        if platform not in PLATFORMS:
             raise PayloadError(f"entities[{index}].platform {platform!r} is unknown")
         entities.append(
             EntitySpec(
@@ -332,12 +346,20 @@ def parse_device_state(payload: bytes | bytearray | str) -> DeviceState:
     raw_values = obj.get("values")
     if not isinstance(raw_values, dict) or len(raw_values) > 256:
         raise PayloadError("'values' must be an object of at most 256 entries")
-    values: dict[str, float | bool | None] = {}
+    values: dict[str, StateValue] = {}
     for key, value in raw_values.items():
         if value is None or isinstance(value, bool):
             values[key] = value
         elif isinstance(value, int | float) and math.isfinite(value):
             values[key] = float(value)
+        elif isinstance(value, str):
+            problem = text_value_problem(value)
+            if problem is not None:
+                raise PayloadError(
+                    f"values[{key[:64]!r}] must be a string of at most {MAX_TEXT_VALUE} characters "
+                    f"without control characters: it {problem}"
+                )
+            values[key] = value
         else:
-            raise PayloadError(f"values[{key!r}] must be a finite number, true/false or null")
+            raise PayloadError(f"values[{key[:64]!r}] must be a finite number, true/false, a string or null")
     return DeviceState(ts, values)

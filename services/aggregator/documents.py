@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -10,7 +11,7 @@ from typing import Any, Literal
 from services.aggregator.banks import BankSpec
 from services.aggregator.entities import Entity, V
 from services.aggregator.model import BankView, Battery, BatteryView, Value
-from shared.payloads import DeviceConfig, DeviceInfo, DeviceState
+from shared.payloads import MAX_TEXT_VALUE, DeviceConfig, DeviceInfo, DeviceState
 
 MANUFACTURER = "Renogy"
 
@@ -24,10 +25,18 @@ class Outgoing:
     payload: bytes
 
 
+def publish_text(text: str) -> str | None:
+    """A text as the contract allows it: control characters dropped, trimmed, at most MAX_TEXT_VALUE long."""
+    cleaned = "".join(char for char in text if unicodedata.category(char) != "Cc").strip()
+    return cleaned[:MAX_TEXT_VALUE].rstrip() or None
+
+
 def publish_value(entity: Entity[Any], value: Value) -> Value:
     """Round to accuracy + 1 decimals (energy rounded down, so a retained copy never exceeds the counter)."""
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return publish_text(value)
     if not math.isfinite(value):
         return None
     digits = entity.accuracy + 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.aggregator.energy import EnergyCounter
-from shared.payloads import Reading
+from shared.payloads import Reading, StateValue
 
 READING_FIELDS = (
     "voltage",
@@ -18,9 +18,10 @@ READING_FIELDS = (
     "cell_voltages",
     "temperatures",
 )
+IDENTITY_FIELDS = ("model", "serial", "firmware")  # static facts of a pack: kept, never stale
 ALARM_KEYS = ("other_alarms", "cell_voltage_alarms", "cell_temperature_alarms")
 MIN_CURRENT = 0.1  # A; below this, time to full/empty is unknown rather than practically infinite
-Value = float | bool | None
+Value = StateValue
 
 
 @dataclass(slots=True)
@@ -53,10 +54,13 @@ class Battery:
             held_status = self.status.get(key)
             if held_status is None or reading.ts >= held_status[1]:
                 self.status[key] = (flag, reading.ts)
-        if self.last_ts is None or reading.ts >= self.last_ts:
-            self.model = reading.model or self.model
-            self.serial = reading.serial or self.serial
-            self.firmware = reading.firmware or self.firmware
+        newest = self.last_ts is None or reading.ts >= self.last_ts
+        for name in IDENTITY_FIELDS:
+            text = getattr(reading, name)
+            # The reader reads these every info interval only; a reading without them keeps what we have.
+            if text and (newest or getattr(self, name) is None):
+                setattr(self, name, text)
+        if newest:
             self.last_ts = reading.ts
 
     def forget_readings(self) -> None:
@@ -88,6 +92,9 @@ class Battery:
             read_age=None if self.last_ts is None else max(0.0, now - self.last_ts),
             rssi=link.rssi if link else None,
             link_quality=link.battery_link_quality.get(self.slave_id) if link else None,
+            model=self.model,
+            serial=self.serial,
+            firmware=self.firmware,
         )
 
 
@@ -138,6 +145,9 @@ class BatteryView:
     read_age: float | None = None
     rssi: float | None = None
     link_quality: float | None = None
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
 
     @property
     def power(self) -> float | None:

@@ -44,17 +44,22 @@ def discovery_id(node: str, device_id: str) -> str:
 
 
 def component(spec: EntitySpec, unique_id: str) -> dict[str, Any]:
-    """One entry of the `cmps` map."""
+    """One entry of the `cmps` map.
+
+    A text sensor is an MQTT `sensor` without unit, state class or precision (Home Assistant's MQTT
+    `text` platform is a writable text); its unknown value renders as "None" like a number's.
+    """
     binary = spec.platform == "binary_sensor"
+    text = spec.platform == "text_sensor"
     out: dict[str, Any] = {
-        "p": spec.platform,
+        "p": "sensor" if text else spec.platform,
         "name": spec.name,
         "unique_id": unique_id,
         "value_template": (BINARY_TEMPLATE if binary else VALUE_TEMPLATE).format(key=spec.key),
     }
-    if spec.device_class:
+    if spec.device_class and not text:  # HA's non-numeric sensors allow only enum/timestamp classes
         out["device_class"] = spec.device_class
-    if not binary:
+    if not binary and not text:
         if spec.unit:
             out["unit_of_measurement"] = spec.unit
         if spec.state_class:

@@ -10,7 +10,7 @@ from typing import Any, Final
 from services.gateway import messages as ids
 from services.gateway.framing import Frame
 from services.gateway.proto import pb
-from shared.payloads import DeviceConfig, EntitySpec
+from shared.payloads import DeviceConfig, EntitySpec, StateValue
 
 FNV_OFFSET: Final = 2166136261
 FNV_PRIME: Final = 16777619
@@ -18,7 +18,7 @@ FNV_PRIME: Final = 16777619
 _STATE_CLASSES: Final = {"measurement": 1, "total_increasing": 2, "total": 3}
 _CATEGORIES: Final = {"config": 1, "diagnostic": 2}
 
-Value = float | bool | None
+Value = StateValue
 
 
 def fnv1_32(text: str) -> int:
@@ -61,6 +61,10 @@ class Entity:
     @property
     def binary(self) -> bool:
         return self.spec.platform == "binary_sensor"
+
+    @property
+    def text(self) -> bool:
+        return self.spec.platform == "text_sensor"
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,9 @@ def list_frame(entity: Entity, *, device_name: str | None = None) -> Frame:
     if entity.binary:
         binary = pb.ListEntitiesBinarySensorResponse(**common)
         return Frame(ids.LIST_BINARY_SENSOR, binary.SerializeToString())
+    if entity.text:
+        text = pb.ListEntitiesTextSensorResponse(**common)
+        return Frame(ids.LIST_TEXT_SENSOR, text.SerializeToString())
     message = pb.ListEntitiesSensorResponse(
         **common,
         unit_of_measurement=spec.unit or "",
@@ -154,11 +161,22 @@ def list_frame(entity: Entity, *, device_name: str | None = None) -> Frame:
 
 
 def state_frame(entity: Entity, value: Value, *, flat: bool = False) -> Frame:
-    """The state message of one entity; None is reported as missing_state.
+    """The state message of one entity; None, or a value of the wrong kind, is reported as missing_state.
 
+    Wrong kinds are a text for a sensor or binary sensor and anything but a text for a text sensor
+    (the state document's values are typed, but a document does not say which entity a value is for).
     ``flat``: for a client without sub-devices, whose listing put every entity on device 0.
     """
     device_id = 0 if flat else entity.device_id
+    if entity.text:
+        text = pb.TextSensorStateResponse(key=entity.key, device_id=device_id)
+        if isinstance(value, str):
+            text.state = value
+        else:
+            text.missing_state = True
+        return Frame(ids.TEXT_SENSOR_STATE, text.SerializeToString())
+    if isinstance(value, str):
+        value = None
     if entity.binary:
         msg = pb.BinarySensorStateResponse(key=entity.key, device_id=device_id)
         if value is None:

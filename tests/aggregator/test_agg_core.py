@@ -381,3 +381,86 @@ def test_alarm_from_cell_alarm_words_alone() -> None:
     assert states["battery_49"]["values"]["alarm"] is True  # cell 4 below its lower limit
     assert states["battery_50"]["values"]["alarm"] is True
     assert states["bank"]["values"]["alarm"] is True
+
+
+IDENTITY_KEYS = ("model", "serial", "firmware")
+
+
+def test_extended_profile_identity_text_sensors() -> None:
+    core = make_core(profile="extended")
+    out = feed_all(core, T0)
+    configs, states = docs(out, "config"), docs(out, "state")
+    entities = {e["key"]: e for e in configs["battery_48"]["entities"]}
+    assert [e["key"] for e in configs["battery_48"]["entities"]][-3:] == list(IDENTITY_KEYS)
+    for key, name, icon in (
+        ("model", "Model", "mdi:battery-outline"),
+        ("serial", "Serial number", "mdi:barcode"),
+        ("firmware", "Firmware", "mdi:chip"),
+    ):
+        assert entities[key] == {
+            "key": key,
+            "name": name,
+            "unit": None,
+            "device_class": None,
+            "state_class": None,
+            "accuracy": 0,
+            "icon": icon,
+            "entity_category": "diagnostic",
+            "platform": "text_sensor",
+        }
+    assert not any(e["key"] in IDENTITY_KEYS for e in configs["bank"]["entities"])
+    assert configs["bank"]["device"]["model"] == "4 x RBT50LFP48S"
+    b48 = states["battery_48"]["values"]
+    assert (b48["model"], b48["serial"], b48["firmware"]) == ("RBT50LFP48S", "22RBH4A051020048", "V104")
+    assert states["battery_51"]["values"]["serial"] == "22RBH4A051020051"
+    # The published state passes the gateway's parser.
+    assert parse_device_state(orjson.dumps(states["battery_48"])).values["firmware"] == "V104"
+
+
+def test_identity_is_kept_across_readings_without_it_and_never_goes_stale() -> None:
+    core = make_core(profile="extended")
+    core.accept(reading(48, T0), T0)
+    core.pending(T0)
+    # Cycles between info reads (or a failed 5104 block) carry no identity.
+    core.accept(reading(48, T0 + 30, model=None, serial=None, firmware=None), T0 + 30)
+    values = docs(core.pending(T0 + 30), "state")["battery_48"]["values"]
+    assert (values["model"], values["serial"], values["firmware"]) == (
+        "RBT50LFP48S",
+        "22RBH4A051020048",
+        "V104",
+    )
+    late = T0 + 10_000  # every measurement is stale by now, the pack's identity is not
+    values = docs(core.pending(late), "state")["battery_48"]["values"]
+    assert values["voltage"] is None and values["model"] == "RBT50LFP48S"
+    core.accept(reading(48, late, firmware="V105"), late)
+    out = core.pending(late)
+    assert docs(out, "state")["battery_48"]["values"]["firmware"] == "V105"
+    assert "config" not in {item.kind for item in out}  # model and serial unchanged
+
+
+def test_an_older_reading_fills_a_missing_identity_only() -> None:
+    core = make_core(profile="extended")
+    core.accept(reading(48, T0 + 30, model=None, serial=None, firmware=None), T0 + 30)
+    core.accept(reading(48, T0, firmware="V103"), T0 + 30)  # late, but the only one with identity
+    values = docs(core.pending(T0 + 30), "state")["battery_48"]["values"]
+    assert (values["model"], values["firmware"]) == ("RBT50LFP48S", "V103")
+    core.accept(reading(48, T0 + 60, firmware="V104"), T0 + 60)
+    core.accept(reading(48, T0 + 45, firmware="V102"), T0 + 60)  # older than what is held
+    assert docs(core.pending(T0 + 60), "state")["battery_48"]["values"]["firmware"] == "V104"
+
+
+def test_text_values_are_published_within_the_contract() -> None:
+    core = make_core(profile="extended")
+    core.accept(reading(48, T0, model=" RBT\x0150LFP48S\x7f ", firmware="\x00\x01"), T0)
+    values = docs(core.pending(T0), "state")["battery_48"]["values"]
+    assert values["model"] == "RBT50LFP48S" and values["firmware"] is None
+    entity = next(e for e in BATTERY if e.key == "serial")
+    assert publish_value(entity, "S" * 100) == "S" * 64
+    assert publish_value(entity, "") is None
+
+
+def test_default_profile_has_no_identity_text_sensors() -> None:
+    out = feed_all(make_core(), T0)
+    for doc in docs(out, "config").values():
+        assert {e["platform"] for e in doc["entities"]} == {"sensor"}
+    assert not any(key in IDENTITY_KEYS for doc in docs(out, "state").values() for key in doc["values"])

@@ -264,7 +264,8 @@ async def test_extended_profile_with_reader_health(mosquitto, tmp_path: Path) ->
             values = state(probe, "battery_48")
             assert values["link_quality"] == 95 and values["alarm"] is False
             entities = probe.json(TOPICS.device_config("battery_48"))["entities"]
-            assert {e["platform"] for e in entities} == {"sensor", "binary_sensor"}
+            assert {e["platform"] for e in entities} == {"sensor", "binary_sensor", "text_sensor"}
+            assert (values["model"], values["firmware"]) == ("RBT50LFP48S", "V104")
         probe.client.clear_retained(TOPICS.bridge_health("reader", "other"))
 
 

@@ -89,10 +89,47 @@ def test_binary_sensor_component_has_no_unit() -> None:
     assert components["cell_delta"]["entity_category"] == "diagnostic"
 
 
+def test_text_sensor_component_is_a_plain_sensor() -> None:
+    config = DeviceConfig(
+        DeviceInfo(id="battery_48", name="Battery 48"),
+        (
+            EntitySpec(
+                key="firmware",
+                name="Firmware",
+                icon="mdi:chip",
+                entity_category="diagnostic",
+                platform="text_sensor",
+                accuracy=2,
+                device_class="firmware",
+            ),
+        ),
+    )
+    components = device_payload(config, topics=TOPICS, node="n", aggregator_instance="default")["cmps"]
+    # HA's MQTT "text" platform is writable; a read-only text is a sensor without unit, class or precision.
+    assert components["firmware"] == {
+        "p": "sensor",
+        "name": "Firmware",
+        "unique_id": "n_battery_48_firmware",
+        "value_template": "{{ value_json['values'].get('firmware') }}",
+        "icon": "mdi:chip",
+        "entity_category": "diagnostic",
+    }
+
+
 def test_templates_render_like_home_assistant() -> None:
     sandbox = pytest.importorskip("jinja2.sandbox", reason="jinja2 not installed: templates not rendered")
     env = sandbox.ImmutableSandboxedEnvironment()
-    state = {"schema": 1, "ts": 1.0, "values": {"power": -170.8, "current": None, "heater_on": True}}
+    state = {
+        "schema": 1,
+        "ts": 1.0,
+        "values": {
+            "power": -170.8,
+            "current": None,
+            "heater_on": True,
+            "model": "RBT50LFP48S",
+            "serial": None,
+        },
+    }
 
     def render(template: str, doc: dict[str, Any] = state) -> str:
         return str(env.from_string(template).render(value_json=doc))
@@ -101,6 +138,8 @@ def test_templates_render_like_home_assistant() -> None:
     assert render(VALUE_TEMPLATE.format(key="current")) == "None"  # HA shows "None" as unknown
     assert render(BINARY_TEMPLATE.format(key="heater_on")) == "ON"
     assert render(BINARY_TEMPLATE.format(key="missing")) == "None"
+    assert render(VALUE_TEMPLATE.format(key="model")) == "RBT50LFP48S"
+    assert render(VALUE_TEMPLATE.format(key="serial")) == "None"
     assert render(DEVICE_AVAILABLE_TEMPLATE) == "online"
     assert render(DEVICE_AVAILABLE_TEMPLATE, {"values": {"power": None}}) == "offline"
 
