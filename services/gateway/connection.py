@@ -141,6 +141,9 @@ class Node(Protocol):
     def provisioner_settled(self, connection: ApiConnection) -> None:
         """A client that set the API key subscribed to states (its setup is done) or disconnected."""
 
+    def session_ready(self, connection: ApiConnection) -> None:
+        """A client subscribed to states."""
+
     def connection_closed(self, connection: ApiConnection) -> None: ...
 
     def report_failure(self, peer: str, msg: str, *args: Any) -> None: ...
@@ -494,6 +497,7 @@ class ApiConnection(asyncio.Protocol):
 
     def _on_subscribe_states(self, payload: bytes) -> None:
         self.states_subscribed = True
+        self.node.session_ready(self)
         if self.provisioned_key:
             self.provisioned_key = False
             self.node.provisioner_settled(self)

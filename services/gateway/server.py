@@ -90,6 +90,7 @@ class GatewayServer:
         # Clear while a client that just provisioned a key is still setting up (see Gateway._on_key_changed).
         self.provisioning_settled = asyncio.Event()
         self.provisioning_settled.set()
+        self.mode_session_ready = asyncio.Event()  # a session in the current encryption mode is set up
         registry.state_listeners.append(self._on_states)
         registry.catalog_listeners.append(self._on_catalog)
         bluetooth.address_listeners.append(self._on_bluetooth_address)
@@ -209,6 +210,28 @@ class GatewayServer:
     def provisioner_settled(self, connection: ApiConnection) -> None:
         """The client that set the key has finished its setup (subscribed to states) or left."""
         self.provisioning_settled.set()
+
+    def session_ready(self, connection: ApiConnection) -> None:
+        """A client subscribed to states: its setup is done."""
+        codec = connection.codec
+        if codec is not None and codec.encrypted == self.keystore.encryption_required:
+            self.mode_session_ready.set()
+
+    def disconnect_other_mode(self) -> int:
+        """Ask every session whose encryption no longer matches the key to reconnect; how many."""
+        wanted = self.keystore.encryption_required
+        stale = [c for c in self.connections if c.codec is not None and c.codec.encrypted != wanted]
+        if stale:
+            _LOGGER.info(
+                "API key %s: asking %d %s client(s) to reconnect %s",
+                "set" if wanted else "cleared",
+                len(stale),
+                "plaintext" if wanted else "encrypted",
+                "encrypted" if wanted else "in plaintext",
+            )
+        for connection in stale:
+            connection.request_disconnect()
+        return len(stale)
 
     def connection_opened(self, connection: ApiConnection) -> bool:
         if len(self.connections) >= self.max_clients:

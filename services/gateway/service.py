@@ -152,7 +152,7 @@ class Gateway:
                 interface=cfg.mdns_interface,
             )
             self.mdns.start()
-            self.keystore.listeners.append(self._on_key_changed)
+        self.keystore.listeners.append(self._on_key_changed)
         self._health_task = loop.create_task(self._health_loop())
 
     async def stop(self) -> None:
@@ -202,23 +202,32 @@ class Gateway:
         )
 
     def _on_key_changed(self) -> None:
-        if self.mdns is not None:
-            task = asyncio.get_running_loop().create_task(self._update_txt_after_provisioning())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        task = asyncio.get_running_loop().create_task(self._switch_encryption())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _update_txt_after_provisioning(self) -> None:
-        """Announce the new encryption state only once the provisioning client is set up.
+    async def _switch_encryption(self) -> None:
+        """After a key change: move the clients to the new mode, then announce it, one step at a time.
 
-        Home Assistant provisions the key halfway through setting up the entry. A TXT change at that
-        moment makes its zeroconf discovery re-check the entry; if the announced address differs
-        from the entry's, it updates the host and reloads the entry while the first setup is still
-        forwarding platforms ("already been setup!"), and every entity stays unavailable.
+        Home Assistant provisions the key halfway through setting up the entry, so nothing happens
+        until that client has subscribed to states (or left). Then, as ESPHome does, every session in
+        the old mode is asked to disconnect: Home Assistant reconnects, finds the key it stored and
+        comes back encrypted. Only once a session in the new mode is set up does the mDNS TXT record
+        change: a TXT change makes Home Assistant's zeroconf discovery re-check the entry, and if the
+        announced address differs from the entry's it moves the host and reloads the entry; during a
+        setup that reload fails ("already been setup!") and every entity stays unavailable.
         """
-        assert self.server is not None and self.mdns is not None
+        server = self.server
+        assert server is not None
+        timeout = self.key_announce_timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.server.provisioning_settled.wait(), self.key_announce_timeout)
-        await self.mdns.update(self._txt())
+            await asyncio.wait_for(server.provisioning_settled.wait(), timeout)
+        server.mode_session_ready.clear()
+        if server.disconnect_other_mode():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.mode_session_ready.wait(), timeout)
+        if self.mdns is not None:
+            await self.mdns.update(self._txt())
 
     def _on_message(self, message: Any) -> None:
         self.inbound.handle(message)

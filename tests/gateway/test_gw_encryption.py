@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -90,14 +91,15 @@ async def test_key_provisioning_persists_and_switches_to_noise(mosquitto: Broker
             assert entities == []
 
 
-async def test_mdns_switches_to_api_encryption_only_after_the_provisioner_is_set_up(
+async def test_provisioning_moves_clients_to_noise_then_announces_it(
     mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Home Assistant provisions mid-setup; a TXT change then races its own entry setup.
+    """Home Assistant provisions mid-setup: nothing changes until it is set up, then it is moved.
 
-    The discovery flow that the TXT change triggers reloads the entry while the first setup still
-    forwards platforms, and every entity stays unavailable. The announcement waits until the
-    provisioning client subscribed to states, as Home Assistant does at the end of its setup.
+    As ESPHome does, the plaintext session is asked to disconnect once the provisioning client has
+    subscribed to states (Home Assistant reconnects with the key it stored). The TXT record changes
+    only after an encrypted session is set up: a TXT change makes Home Assistant's discovery re-check
+    the entry, and a host change then reloads the entry, which fails during a setup.
     """
     txt_updates: list[dict[str, str]] = []
 
@@ -107,13 +109,27 @@ async def test_mdns_switches_to_api_encryption_only_after_the_provisioner_is_set
     monkeypatch.setattr(MdnsAnnouncer, "start", lambda self: None)  # no real multicast from a test
     monkeypatch.setattr(MdnsAnnouncer, "update", record)
     config = gateway_config(mosquitto.url, tmp_path, mdns=True)
-    async with running_gateway(config) as gateway, api_client(gateway.port) as client:
-        assert await client.noise_encryption_set_key(new_key_text().encode()) is True
+    key = new_key_text()
+    async with running_gateway(config) as gateway:
+        disconnected = asyncio.Event()
+        client = APIClient("127.0.0.1", gateway.port, None, client_info="pytest")
+        await client.connect(on_stop=lambda expected: _set(disconnected), login=True)
+        assert await client.noise_encryption_set_key(key.encode()) is True
         await client.device_info()  # a round trip: the server has handled everything before it
         assert txt_updates == [], "TXT changed while the provisioning client was still setting up"
+        assert not disconnected.is_set()
         client.subscribe_states(lambda state: None)
-        await wait_until(lambda: txt_updates, what="the TXT update after setup")
+        async with asyncio.timeout(10):
+            await disconnected.wait()  # the gateway asked the plaintext session to go
+        assert txt_updates == []
+        async with api_client(gateway.port, noise_psk=key) as encrypted:
+            encrypted.subscribe_states(lambda state: None)
+            await wait_until(lambda: txt_updates, what="the TXT update once an encrypted session is set up")
         assert "api_encryption" in txt_updates[0] and "api_encryption_supported" not in txt_updates[0]
+
+
+async def _set(event: asyncio.Event) -> None:
+    event.set()
 
 
 async def test_mdns_update_after_the_provisioner_leaves(
@@ -130,4 +146,5 @@ async def test_mdns_update_after_the_provisioner_leaves(
     async with running_gateway(config) as gateway:
         async with api_client(gateway.port) as client:
             assert await client.noise_encryption_set_key(new_key_text().encode()) is True
+        # No plaintext session is left to move: the record changes at once.
         await wait_until(lambda: txt_updates, what="the TXT update after the client left")
