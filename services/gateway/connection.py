@@ -71,7 +71,9 @@ class Keepalive:
 
     ping_after: float = 60.0
     timeout: float = 150.0
-    handshake_timeout: float = 60.0
+    # A real client sends Hello within milliseconds of connecting (aioesphomeapi: at once, Noise
+    # included); a silent socket is a port scanner or a stuck client holding a pre-Hello slot.
+    handshake_timeout: float = 10.0
     disconnect_timeout: float = 5.0
 
 
@@ -81,6 +83,29 @@ class Limits:
 
     soft: int = 64 * 1024
     hard: int = 4 * 1024 * 1024
+    # Connections that have not sent Hello have their own budget, so they can never lock out a real
+    # client: when it is full, the oldest of them is closed to make room.
+    pending: int = 8
+    # Requests a client may send: a burst, then a steady rate (pings included). Home Assistant sends
+    # about a dozen when it connects and a ping every 20 s; a flood is cut off instead of costing CPU.
+    burst: int = 1000
+    rate: float = 200.0
+
+
+class MessageBudget:
+    """A token bucket over received messages: ``take`` is False once a client sends too fast."""
+
+    def __init__(self, burst: int, rate: float, now: float) -> None:
+        self.burst = burst
+        self.rate = rate
+        self._tokens = float(burst)
+        self._last = now
+
+    def take(self, count: int, now: float) -> bool:
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= count
+        return self._tokens >= 0
 
 
 class Codec(Protocol):
@@ -106,6 +131,8 @@ class Counters:
     rejected_full: int = 0
     bad_frames: int = 0
     handshake_failures: int = 0
+    rate_limited: int = 0
+    pending_evicted: int = 0
     slow_client_disconnects: int = 0
     logs_dropped: int = 0
 
@@ -150,6 +177,12 @@ class Node(Protocol):
 
     def report_success(self, peer: str) -> None: ...
 
+    def report_refusal(self, kind: str, msg: str, *args: Any) -> None:
+        """A refusal, logged at most once per interval per kind (with how many were not logged)."""
+
+    def session_admitted(self, connection: ApiConnection) -> bool:
+        """Hello arrived: False when the real-client limit is reached."""
+
 
 class ProtocolViolation(Exception):
     """The client sent something that ends its connection."""
@@ -183,6 +216,8 @@ class ApiConnection(asyncio.Protocol):
         self.synced_generation: tuple[int, int] | None = None
         self._loop = asyncio.get_running_loop()
         self._opened = self._loop.time()
+        self.opened_at = self._opened
+        self._budget = MessageBudget(limits.burst, limits.rate, self._opened)
         self._last_rx = self._opened
         self._ping_sent = False
         self._timer: asyncio.TimerHandle | None = None
@@ -257,6 +292,18 @@ class ApiConnection(asyncio.Protocol):
             handshake = codec.take_output()
             if handshake:
                 self._write(handshake)
+            if frames and not self._budget.take(len(frames), self._last_rx):
+                self.node.counters.rate_limited += 1
+                self.node.report_refusal(
+                    "rate",
+                    "closing %s%s: more than %d messages at once or %.0f/s (flood)",
+                    self.peer,
+                    f" ({self.client_info!r})" if self.client_info else "",
+                    self.limits.burst,
+                    self.limits.rate,
+                )
+                self._abort()
+                return
             for frame in frames:
                 if self._stopped():
                     break
@@ -384,9 +431,15 @@ class ApiConnection(asyncio.Protocol):
         self._disconnect_timer = self._loop.call_later(self.keepalive.disconnect_timeout, self._abort)
 
     def _abort(self) -> None:
+        """Drop the connection now; whatever is queued or corked is not sent."""
         self._set_state(ConnectionState.CLOSING)
+        self._cork, self._corked = None, 0
         if self.transport is not None:
             self.transport.abort()
+
+    def evict(self) -> None:
+        """Closed to make room for a newer connection (the pre-Hello budget is full)."""
+        self._abort()
 
     # --- keepalive --------------------------------------------------------------------------------
 
@@ -453,6 +506,9 @@ class ApiConnection(asyncio.Protocol):
         first = not self.hello_done
         if first:
             self.client_info = str(msg.client_info)[:64]
+            if not self.node.session_admitted(self):
+                self._abort()
+                return
             self.sub_devices = client_knows_sub_devices(int(msg.api_version_minor), self.client_info)
             self.hello_done = True
             self._set_state(ConnectionState.CONNECTED)

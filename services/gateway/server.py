@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from services.gateway import messages as ids
 from services.gateway.bluetooth import FEATURE_FLAGS, BluetoothHub
-from services.gateway.connection import ApiConnection, Codec, Counters, Keepalive, Limits
+from services.gateway.connection import ApiConnection, Codec, ConnectionState, Counters, Keepalive, Limits
 from services.gateway.entities import Catalog
 from services.gateway.framing import Frame, PlainCodec
 from services.gateway.identity import Mac, derive_bluetooth_mac
@@ -19,6 +19,7 @@ from services.gateway.logs import LogFanout
 from services.gateway.noise import NoiseCodec
 from services.gateway.proto import pb
 from services.gateway.registry import Registry
+from services.gateway.throttle import ThrottledLog
 from shared.service import VERSION, RepeatFilter
 
 _LOGGER = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class GatewayServer:
         keepalive: Keepalive | None = None,
         limits: Limits | None = None,
         relist_delay: float = 1.5,
+        refusal_log_interval: float = 60.0,
     ) -> None:
         self.node = node
         self.registry = registry
@@ -86,6 +88,7 @@ class GatewayServer:
         self._relist_timer: asyncio.TimerHandle | None = None
         self._relist_first: float | None = None
         self._failures = RepeatFilter(_LOGGER)
+        self._refusals = ThrottledLog(_LOGGER, refusal_log_interval)
         self._all_closed = asyncio.Event()
         # Clear while a client that just provisioned a key is still setting up (see Gateway._on_key_changed).
         self.provisioning_settled = asyncio.Event()
@@ -234,18 +237,41 @@ class GatewayServer:
         return len(stale)
 
     def connection_opened(self, connection: ApiConnection) -> bool:
-        if len(self.connections) >= self.max_clients:
-            self.counters.rejected_full += 1
-            self._failures.failure(
-                "full",
-                "refusing client %s: %d clients connected (gateway.max_clients)",
+        """Every connection is let in; the oldest pre-Hello one goes when their budget is full."""
+        pending = [c for c in self.connections if c.state is ConnectionState.HANDSHAKE]
+        if len(pending) >= self.limits.pending:
+            oldest = min(pending, key=lambda c: c.opened_at)
+            self.counters.pending_evicted += 1
+            self.report_refusal(
+                "pending",
+                "closing %s: %d connections have not sent Hello (port scanner or stuck client?); "
+                "the oldest makes room for %s",
+                oldest.peer,
+                len(pending),
                 connection.peer,
-                len(self.connections),
             )
-            return False
+            oldest.evict()
+            self.connections.discard(oldest)
         self.connections.add(connection)
         self.counters.connections_total += 1
         return True
+
+    def session_admitted(self, connection: ApiConnection) -> bool:
+        sessions = sum(1 for c in self.connections if c.hello_done and c is not connection)
+        if sessions >= self.max_clients:
+            self.counters.rejected_full += 1
+            self.report_refusal(
+                "full",
+                "refusing client %s (%r): %d clients connected (gateway.max_clients)",
+                connection.peer,
+                connection.client_info,
+                sessions,
+            )
+            return False
+        return True
+
+    def report_refusal(self, kind: str, msg: str, *args: Any) -> None:
+        self._refusals.log(kind, msg, *args)
 
     def client_view_opened(self, connection: ApiConnection) -> None:
         if not connection.sub_devices:
@@ -323,6 +349,8 @@ class GatewayServer:
             "rejected_full": counters.rejected_full,
             "bad_frames": counters.bad_frames,
             "handshake_failures": counters.handshake_failures,
+            "rate_limited": counters.rate_limited,
+            "pending_evicted": counters.pending_evicted,
             "slow_client_disconnects": counters.slow_client_disconnects,
             "adverts_received": self.bluetooth.received,
             "adverts_forwarded": self.bluetooth.forwarded,

@@ -458,6 +458,20 @@ def test_fuzz_api_connection(tmp_path: Path, gateway_logs: RecordingHandler, enc
         gateway_logs.records.clear()
         failures_before = server.counters.bad_frames + server.counters.handshake_failures
         connection.connection_made(transport)
+        try:
+            await _session(data, connection, transport, peer, failures_before)
+        finally:
+            # Also when hypothesis stops an example mid-draw: a connection left open would hold a
+            # pre-Hello slot of the next examples.
+            connection.connection_lost(None)
+
+    async def _session(
+        data: st.DataObject,
+        connection: ApiConnection,
+        transport: MemoryTransport,
+        peer: tuple[str, int],
+        failures_before: int,
+    ) -> None:
         frames = data.draw(st.lists(st.sampled_from(SESSION) | connection_frame_st, max_size=20))
         frames = [(ids.HELLO_REQUEST, _HELLO), *frames] if data.draw(st.booleans()) else frames
         where = data.draw(
@@ -495,7 +509,6 @@ def test_fuzz_api_connection(tmp_path: Path, gateway_logs: RecordingHandler, enc
             assert connection.closing
         else:
             assert not lines, lines
-        connection.connection_lost(None)
 
     @fuzz(budget(80, 4_000))
     @given(st.data())
@@ -784,8 +797,11 @@ def test_regression_one_read_of_many_requests_cannot_queue_more_than_the_hard_li
     loop = asyncio.new_event_loop()
     server = _server(tmp_path, None)
 
+    # The message-rate budget would close this client first; the output cap is tested on its own.
+    unlimited = Limits(burst=1_000_000)
+
     async def flood() -> MemoryTransport:
-        connection = ApiConnection(server, Keepalive(), Limits())
+        connection = ApiConnection(server, Keepalive(), unlimited)
         transport = MemoryTransport(("10.0.0.2", 1))
         connection.connection_made(transport)
         flood = encode_plaintext(ids.LIST_ENTITIES_REQUEST, b"") * 20_000
