@@ -30,14 +30,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
+        metavar="FILE",
         help=f"TOML configuration file (env {CONFIG_ENV}); every key also has an env variable",
     )
     parser.add_argument(
-        "--mqtt", dest="mqtt.url", metavar="URL", help="broker URL, e.g. mqtt://127.0.0.1:1883"
+        "--mqtt",
+        dest="mqtt.url",
+        metavar="URL",
+        help="broker URL, e.g. mqtt://127.0.0.1:1883 or mqtt://user:password@host:1883",
     )
     parser.add_argument("--root-topic", dest="mqtt.root_topic", metavar="TOPIC", help="first topic level")
-    parser.add_argument("--state-dir", dest="state_dir", type=Path, help="directory for persistent state")
-    parser.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--state-dir", dest="state_dir", type=Path, metavar="DIR", help="directory for persistent state"
+    )
+    parser.add_argument(
+        "--log-level", dest="log_level", choices=("debug", "info", "warning", "error"), help="log level"
+    )
 
 
 def _add_reader(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +68,7 @@ def _add_reader(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds between cycle starts (0 = back to back)",
     )
-    group.add_argument("--adapter", dest="reader.adapter", help="Bluetooth adapter, e.g. hci0")
+    group.add_argument("--adapter", dest="reader.adapter", metavar="HCI", help="Bluetooth adapter, e.g. hci1")
     group.add_argument(
         "--ble-backend", dest="reader.backend", metavar="MODULE:CLASS", help="custom bleak client backend"
     )
@@ -79,7 +87,15 @@ def _add_reader(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="use the built-in BT-2 + battery-bank simulator",
     )
-    sim.add_argument("--sim-batteries", dest="simulator.batteries", type=_ids, metavar="IDS")
+    sim.add_argument(
+        "--sim-batteries", dest="simulator.batteries", type=_ids, metavar="IDS", help="simulated slave ids"
+    )
+    sim.add_argument(
+        "--sim-address", dest="simulator.address", metavar="MAC", help="simulated BT-2 MAC address"
+    )
+    sim.add_argument(
+        "--sim-name", dest="simulator.name", metavar="NAME", help="simulated BT-2 advertised name"
+    )
     sim.add_argument(
         "--sim-speed",
         dest="simulator.speed",
@@ -87,7 +103,9 @@ def _add_reader(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="simulated-time acceleration of the battery physics",
     )
-    sim.add_argument("--sim-seed", dest="simulator.seed", type=int)
+    sim.add_argument(
+        "--sim-seed", dest="simulator.seed", type=int, metavar="N", help="random seed of physics and faults"
+    )
     sim.add_argument(
         "--sim-fault-rate",
         dest="simulator.fault_rate",
@@ -95,7 +113,7 @@ def _add_reader(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="share of requests hit by an injected fault (0..1)",
     )
-    sim.add_argument("--sim-mtu", dest="simulator.mtu", type=int, help="251 (default) or 23")
+    sim.add_argument("--sim-mtu", dest="simulator.mtu", type=int, metavar="BYTES", help="ATT MTU: 251 or 23")
     sim.add_argument(
         "--sim-latency-scale",
         dest="simulator.latency_scale",
@@ -103,7 +121,13 @@ def _add_reader(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="multiplier of the modelled BLE latencies (0 = instant)",
     )
-    sim.add_argument("--sim-truth-log", dest="simulator.truth_log", type=Path, metavar="FILE")
+    sim.add_argument(
+        "--sim-truth-log",
+        dest="simulator.truth_log",
+        type=Path,
+        metavar="FILE",
+        help="write every genuine reply as JSON lines",
+    )
 
 
 def _add_aggregator(parser: argparse.ArgumentParser) -> None:
@@ -131,21 +155,159 @@ def _add_gateway(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="Noise encryption key, base64 (env RENOGY_API_KEY is safer: not in `ps`)",
     )
-    group.add_argument("--name", dest="gateway.name", help="node name, [a-z0-9-], <= 31 characters")
+    group.add_argument(
+        "--name", dest="gateway.name", metavar="NAME", help="node name, [a-z0-9-], <= 31 characters"
+    )
     group.add_argument(
         "--no-mdns", dest="gateway.mdns", action="store_const", const=False, help="do not announce on mDNS"
     )
+    group.add_argument(
+        "--entity-naming",
+        dest="gateway.entity_naming",
+        choices=("default", "legacy"),
+        help="legacy: the entity ids of jorik41/renogy-bt, for a switch that keeps Home Assistant's history",
+    )
+
+
+# What each subcommand's --help shows above and below its options: a description and examples.
+DESCRIPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "run": (
+        "Start the whole stack as separate processes under a small supervisor: the embedded MQTT broker "
+        "(unless --mqtt is given or a broker already answers on --broker-port), the reader (on the BT-2 "
+        "simulator unless a BT-2 is configured), the aggregator and the gateway. Exits 2 when the stack "
+        "cannot start (a broker that refuses our login, a port held by another program).",
+        (
+            "renogy-proxy run",
+            "renogy-proxy run --bt2-address C4:64:E3:38:3D:0E",
+            "renogy-proxy run --mqtt mqtt://user:password@127.0.0.1:1883",
+        ),
+    ),
+    "reader": (
+        "The BLE reader: the only process that uses the Bluetooth adapter. Keeps one connection to the "
+        "BT-2, reads every battery each poll interval and publishes raw readings and advertisements.",
+        ("renogy-proxy reader --bt2-address C4:64:E3:38:3D:0E", "renogy-proxy reader --simulate"),
+    ),
+    "aggregator": (
+        "Turn the reader's readings into Home Assistant devices and entities, with persistent energy "
+        "counters.",
+        ("renogy-proxy aggregator", "RENOGY_PROFILE=extended renogy-proxy aggregator"),
+    ),
+    "gateway": (
+        "The ESPHome native API server (port 6053) that Home Assistant adds, and the Bluetooth proxy.",
+        ("renogy-proxy gateway", "renogy-proxy gateway --api-port 6054 --no-mdns"),
+    ),
+    "broker": (
+        "The embedded MQTT broker (amqtt, MQTT 3.1.1, anonymous, retained messages in memory) that "
+        "`run` starts; production setups use Mosquitto.",
+        ("renogy-proxy broker --port 1884",),
+    ),
+    "decode": (
+        "Decode a captured Modbus response frame as the reader would (CRC, length, plausibility).",
+        ("renogy-proxy decode 5042 30030c0000020c0000c2b20000c350ee9a",),
+    ),
+    "scan": (
+        "List the BT-2 modules (BT-TH-*) that advertise nearby, on the configured adapter "
+        "(reader.adapter) or the simulator (simulator.enabled / RENOGY_SIMULATE).",
+        (
+            "renogy-proxy scan --timeout 15",
+            "renogy-proxy scan --adapter hci1",
+            "RENOGY_SIMULATE=true renogy-proxy scan",
+        ),
+    ),
+    "simulate-bluez": (
+        "A private D-Bus system bus with a stand-in BlueZ (org.bluez) serving the BT-2 simulator, for "
+        "running the reader on bleak's real BlueZ backend without hardware. Prints "
+        "DBUS_SYSTEM_BUS_ADDRESS=... as its first line; runs until Ctrl-C.",
+        (
+            "renogy-proxy simulate-bluez --sim-mtu 23",
+            "export $(renogy-proxy simulate-bluez | head -1) && renogy-proxy reader  # in another shell",
+        ),
+    ),
+    "keygen": (
+        "Print a new random Noise encryption key (base64 of 32 bytes) for gateway.api_key / RENOGY_API_KEY.",
+        ("renogy-proxy keygen",),
+    ),
+    "status": (
+        "One table of every service and battery, read from the retained state on the broker. Every "
+        "configured battery (reader.batteries, aggregator.banks) must report. Exit 0 healthy, 1 unhealthy, "
+        "2 broker unreachable or refused us.",
+        ("renogy-proxy status", "renogy-proxy status --wait 180", "renogy-proxy status --json"),
+    ),
+    "diagnose": (
+        "Everything a bug report needs: versions, platform, effective configuration (secrets masked), "
+        "broker and Bluetooth adapter checks.",
+        ("renogy-proxy diagnose", "renogy-proxy diagnose --json > diagnose.json"),
+    ),
+    "healthcheck": (
+        "One line and an exit code for docker and monitors: is this service online and heard from "
+        "recently? reader: it can use its adapter and had a good reading within reader.watchdog_cycles "
+        "polls; gateway: its ESPHome API answers with this gateway's node name. Exit 0 healthy, 1 "
+        "unhealthy, 2 broker unreachable.",
+        ("renogy-proxy healthcheck reader", "renogy-proxy healthcheck gateway --api-port 6054"),
+    ),
+    "migrate": (
+        "From the old system (jorik41/renogy-bt, renogy_bt_proxy.py): print the TOML equivalent of its "
+        "config.ini (a comment for every old option without a counterpart), and/or import its "
+        "energy_totals.json into the aggregator's state file (stop the aggregator first; counters only go "
+        "up). Step by step: docs/migrating.md.",
+        (
+            "renogy-proxy migrate config.ini > /etc/renogy-proxy/config.toml",
+            "renogy-proxy migrate --energy energy_totals.json --config /etc/renogy-proxy/config.toml",
+        ),
+    ),
+    "config": (
+        "Check a configuration without a broker: the TOML file, the environment (unknown RENOGY_* "
+        "variables, with the closest known name) and the command line; bank layout and slave ids.",
+        ("renogy-proxy config check", "renogy-proxy config check --config /etc/renogy-proxy/config.toml"),
+    ),
+}
+
+
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    description, examples = DESCRIPTIONS[name]
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def _setting_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default ...; env ...)" from the settings table to every option that sets a setting."""
+    from shared.config import settings  # noqa: PLC0415
+
+    table = {info.path: info for info in settings()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _setting_defaults(child)
+            continue
+        info = table.get(action.dest)
+        if info is None or not action.help or "(default" in action.help:
+            continue
+        default = info.default
+        if isinstance(default, bool):
+            shown = "true" if default else "false"
+        elif isinstance(default, list):
+            shown = ",".join(map(str, default)) or "none"
+        else:
+            shown = "unset" if default is None else str(default)
+        action.help += f" (default {shown}; env {info.env})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="renogy-proxy",
         description="Renogy smart batteries behind a BT-2 -> MQTT -> Home Assistant (ESPHome native API).",
+        epilog="`renogy-proxy COMMAND --help` describes each command, its defaults and examples.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="broker (if needed) + reader + aggregator + gateway under a supervisor")
+    run = _command(sub, "run", "broker (if needed) + reader + aggregator + gateway under a supervisor")
     _add_common(run)
     _add_reader(run)
     _add_aggregator(run)
@@ -153,28 +315,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--broker-port", type=int, default=1883, help="port of the embedded broker (default 1883)"
     )
+    run.add_argument(
+        "--simulate-bluez",
+        action="store_true",
+        help="read the simulator through bleak's real BlueZ backend: a private system bus with a stand-in "
+        "BlueZ (as `simulate-bluez`) instead of the simulator backend",
+    )
 
-    reader = sub.add_parser("reader", help="BLE reader: BT-2 -> raw readings and advertisements on MQTT")
+    reader = _command(sub, "reader", "BLE reader: BT-2 -> raw readings and advertisements on MQTT")
     _add_common(reader)
     _add_reader(reader)
     reader.add_argument("--instance", dest="reader.instance", help="instance name in bridge topics")
 
-    aggregator = sub.add_parser("aggregator", help="readings -> Home Assistant device documents")
+    aggregator = _command(sub, "aggregator", "readings -> Home Assistant device documents")
     _add_common(aggregator)
     _add_aggregator(aggregator)
-    aggregator.add_argument("--instance", dest="aggregator.instance")
+    aggregator.add_argument("--instance", dest="aggregator.instance", help="instance name in bridge topics")
 
-    gateway = sub.add_parser("gateway", help="ESPHome native API server and Bluetooth proxy")
+    gateway = _command(sub, "gateway", "ESPHome native API server and Bluetooth proxy")
     _add_common(gateway)
     _add_gateway(gateway)
-    gateway.add_argument("--instance", dest="gateway.instance")
+    gateway.add_argument("--instance", dest="gateway.instance", help="instance name in bridge topics")
 
-    broker = sub.add_parser("broker", help="the embedded MQTT broker (amqtt)")
-    broker.add_argument("--host", default="127.0.0.1")
-    broker.add_argument("--port", type=int, default=1883)
-    broker.add_argument("--log-level", default="info")
+    broker = _command(sub, "broker", "the embedded MQTT broker (amqtt)")
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    broker.add_argument("--port", type=int, default=1883, help="port to listen on (default %(default)s)")
+    broker.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="(default %(default)s)",
+    )
 
-    decode = sub.add_parser("decode", help="decode a captured response frame: decode REGISTER HEX")
+    decode = _command(sub, "decode", "decode a captured response frame: decode REGISTER HEX")
     decode.add_argument("register", type=int, help="start register of the request, e.g. 5042")
     decode.add_argument("frame", help="hex of the whole response frame, CRC included")
     decode.add_argument("--slave", type=int, default=None, help="expected slave id (default: any)")
@@ -185,20 +358,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="current scale: bt2 = 0.01 A (default), pro = 0.1 A",
     )
 
-    scan = sub.add_parser("scan", help="list nearby BT-2 modules")
-    scan.add_argument("--timeout", type=float, default=10.0)
-    scan.add_argument("--adapter", default="hci0")
-    scan.add_argument("--simulate", action="store_true", help="scan the simulator instead")
+    scan = _command(sub, "scan", "list nearby BT-2 modules")
+    scan.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"TOML configuration file (env {CONFIG_ENV})",
+    )
+    scan.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="seconds to scan (default %(default)s)"
+    )
+    scan.add_argument("--adapter", dest="reader.adapter", metavar="HCI", help="Bluetooth adapter, e.g. hci1")
+    scan.add_argument(
+        "--simulate",
+        dest="simulator.enabled",
+        action="store_const",
+        const=True,
+        help="scan the built-in simulator instead",
+    )
+    scan.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
 
-    sub.add_parser("keygen", help="print a new Noise encryption key for gateway.api_key")
+    simulate_bluez = _command(sub, "simulate-bluez", "a private system bus with a stand-in BlueZ serving the simulator")
+    _add_common(simulate_bluez)
+    _add_reader(simulate_bluez)
+
+    _command(sub, "keygen", "print a new Noise encryption key for gateway.api_key")
 
     for name, text in (
         ("status", "one-table health of services and batteries (exit 0 healthy, 1 unhealthy, 2 no broker)"),
         ("diagnose", "versions, effective config (secrets masked), adapter and broker checks"),
     ):
-        tool = sub.add_parser(name, help=text)
+        tool = _command(sub, name, text)
         _add_common(tool)
-        tool.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for retained state")
+        tool.add_argument(
+            "--timeout",
+            type=float,
+            default=5.0,
+            help="seconds to wait for retained state (default %(default)s)",
+        )
         tool.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "status":
             tool.add_argument(
@@ -212,16 +410,53 @@ def build_parser() -> argparse.ArgumentParser:
                 type=float,
                 default=0.0,
                 metavar="S",
-                help="keep waiting up to S seconds until everything is healthy, showing progress (first start)",
+                help="keep waiting up to S seconds until every service and every configured battery "
+                "is healthy, showing progress (first start; default 0: no waiting)",
             )
-    health = sub.add_parser(
-        "healthcheck",
-        help="is this service online and heard from recently? (docker healthcheck; exit 0/1/2)",
+    health = _command(
+        sub, "healthcheck", "is this service online and heard from recently? (docker healthcheck; exit 0/1/2)"
     )
     _add_common(health)
-    health.add_argument("service", choices=("reader", "aggregator", "gateway"))
+    health.add_argument("service", choices=("reader", "aggregator", "gateway"), help="the service to check")
     health.add_argument("--instance", default=None, help="instance name (default: from the configuration)")
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds for the whole check")
+    health.add_argument(
+        "--api-port",
+        dest="gateway.api_port",
+        type=int,
+        metavar="PORT",
+        help="gateway: the ESPHome API port to probe",
+    )
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds for the whole check (default %(default)s)"
+    )
+
+    migrate = _command(sub, "migrate", "from jorik41/renogy-bt: config.ini -> TOML, energy_totals.json -> counters")
+    _add_common(migrate)
+    migrate.add_argument("ini", nargs="?", type=Path, metavar="CONFIG_INI", help="the old config.ini to convert")
+    migrate.add_argument(
+        "--energy", type=Path, metavar="FILE", help="the old energy_totals.json to import into our counters"
+    )
+    migrate.add_argument(
+        "--bt2-address", dest="reader.bt2_address", metavar="MAC", help="the BT-2 the totals belong to"
+    )
+    migrate.add_argument(
+        "--alias", default=None, help="the old [device] alias whose totals to import (when the file has several)"
+    )
+
+    config = _command(sub, "config", "check a configuration file and the environment (no broker needed)")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser(
+        "check",
+        help="validate file + environment + options; exit 0 ok, 2 problems",
+        description=DESCRIPTIONS["config"][0],
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in DESCRIPTIONS["config"][1]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(check)
+    _add_reader(check)
+    _add_aggregator(check)
+    _add_gateway(check)
+    _setting_defaults(parser)
     return parser
 
 
@@ -245,7 +480,19 @@ def _run_service(
 ) -> int:
     config = config_from(args)
     setup_logging(config.log_level, service)
+    _warn_unknown_variables()
     return asyncio.run(entry(config))
+
+
+def _warn_unknown_variables() -> None:
+    import logging  # noqa: PLC0415
+
+    from services.config_check import unknown_names  # noqa: PLC0415
+
+    for name, hint in unknown_names(os.environ):
+        logging.getLogger("config").warning(
+            "unknown environment variable %s: no setting reads it%s; ignored", name, hint
+        )
 
 
 def cmd_reader(args: argparse.Namespace) -> int:
@@ -270,7 +517,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from services.broker import serve  # noqa: PLC0415
 
     setup_logging(args.log_level, "broker")
-    asyncio.run(serve(args.host, args.port))
+    try:
+        asyncio.run(serve(args.host, args.port))
+    except Exception as exc:  # amqtt wraps a failed bind in its BrokerError
+        print(
+            f"error: the embedded MQTT broker cannot run on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
@@ -279,7 +532,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from(args)
     setup_logging(config.log_level, "run")
+    _warn_unknown_variables()
+    if getattr(args, "simulate_bluez", False):
+        from services.simulator.bluez.cli import run_stack_on_standin  # noqa: PLC0415
+
+        return asyncio.run(run_stack_on_standin(args, config, config_from))
     return asyncio.run(run_stack(args, config))
+
+
+def cmd_simulate_bluez(args: argparse.Namespace) -> int:
+    from services.simulator.bluez.cli import serve  # noqa: PLC0415
+
+    config = config_from(args)
+    setup_logging(config.log_level, "simulate-bluez")
+    return asyncio.run(serve(config))
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -297,7 +563,45 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from services.tools import scan  # noqa: PLC0415
 
-    return asyncio.run(scan(args.timeout, args.adapter, simulate=args.simulate))
+    config = config_from(args)
+    setup_logging(config.log_level, "scan")
+    _warn_unknown_variables()
+    return asyncio.run(
+        scan(args.timeout, config.reader.adapter, simulate=config.simulator.enabled, config=config)
+    )
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from services.config_check import check  # noqa: PLC0415
+
+    path = args.config or os.environ.get(CONFIG_ENV)
+    code, lines = check(lambda: config_from(args), source=str(path) if path else None)
+    for line in lines:
+        print(line, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from services.migrate import MigrateError, convert_config, import_energy  # noqa: PLC0415
+
+    if args.ini is None and args.energy is None:
+        print("error: give the old config.ini to convert and/or --energy energy_totals.json", file=sys.stderr)
+        return 2
+    try:
+        if args.ini is not None:
+            try:
+                text = args.ini.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise MigrateError(f"cannot read {args.ini}: {exc.strerror or exc}") from None
+            sys.stdout.write(convert_config(text, str(args.ini)))
+        if args.energy is not None:
+            result = import_energy(args.energy, config_from(args), alias=args.alias)
+            for line in result.lines:
+                print(line, file=sys.stderr if args.ini is not None else sys.stdout)
+    except MigrateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_keygen(_args: argparse.Namespace) -> int:
@@ -308,19 +612,19 @@ def cmd_keygen(_args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from services.ops import status  # noqa: PLC0415
+    from services.ops.status import status  # noqa: PLC0415
 
     return status(args, config_from(args))
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from services.ops import diagnose  # noqa: PLC0415
+    from services.ops.diagnose import diagnose  # noqa: PLC0415
 
     return diagnose(args, config_from(args))
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from services.ops import healthcheck  # noqa: PLC0415
+    from services.ops.healthcheck import healthcheck  # noqa: PLC0415
 
     return healthcheck(args, config_from(args))
 
@@ -334,9 +638,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "decode": cmd_decode,
     "scan": cmd_scan,
     "keygen": cmd_keygen,
+    "simulate-bluez": cmd_simulate_bluez,
     "status": cmd_status,
     "diagnose": cmd_diagnose,
     "healthcheck": cmd_healthcheck,
+    "config": cmd_config,
+    "migrate": cmd_migrate,
 }
 
 

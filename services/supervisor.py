@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.broker import mqtt_answers
+from services.mqtt_probe import Answer, port_free, probe
 from shared.config import Config, env_for
 from shared.mqtt import parse_url
 
@@ -30,6 +30,53 @@ STOP_TIMEOUT = 10.0
 HEALTHY_AFTER = 60.0  # a child that ran this long restarts without backoff
 MAX_BACKOFF = 30.0
 PR_SET_PDEATHSIG = 1
+EXIT_CANNOT_START = 2  # the stack cannot start as configured (the message says why and what to do)
+EXIT_BROKER_FAILED = 1  # the embedded broker did not come up
+
+
+class StackError(Exception):
+    """The stack cannot start as configured; the message names the cause and the remedy."""
+
+
+def mqtt_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    return probe(host, port, timeout=timeout).answer is Answer.ACCEPTED
+
+
+def _credentials_hint(host: str, port: int) -> str:
+    return (
+        f"give the stack its credentials: --mqtt mqtt://USER:PASSWORD@{host}:{port}, or "
+        "RENOGY_MQTT_USERNAME and RENOGY_MQTT_PASSWORD (mqtt.username / mqtt.password)"
+    )
+
+
+def check_broker(config: Config, host: str, port: int, *, embedded_port: bool) -> bool:
+    """Raise StackError for a broker that refuses us or a port held by something else.
+
+    Returns True when a broker accepted us, False when nothing listens (and, for the embedded
+    broker's port, the port is free to bind)."""
+    found = probe(host, port, username=config.mqtt.username, password=config.mqtt.password)
+    where = f"{host}:{port}"
+    other_port = f"--broker-port {port + 1}" if embedded_port else "another --mqtt URL"
+    if found.answer is Answer.ACCEPTED:
+        return True
+    if found.answer is Answer.REFUSED:
+        who = f"as {config.mqtt.username!r}" if config.mqtt.username else "without credentials"
+        raise StackError(
+            f"an MQTT broker answers on {where} but refused our login {who} ({found.detail}); "
+            f"{_credentials_hint(host, port)}"
+            + (f"; or run the embedded broker on a free port ({other_port})" if embedded_port else "")
+        )
+    if found.answer is Answer.NOT_MQTT:
+        raise StackError(
+            f"port {where} is taken by a program that is not an MQTT broker ({found.detail}); "
+            f"use {other_port}, or stop that program"
+        )
+    if embedded_port and not port_free(host, port):
+        raise StackError(
+            f"port {where} is taken by another program (it does not accept connections), so the embedded "
+            f"broker cannot listen there; use {other_port}, or stop that program"
+        )
+    return False
 
 
 @dataclass
@@ -96,9 +143,15 @@ def plan(args: argparse.Namespace, config: Config) -> tuple[list[Child], str | N
     overrides = overrides_from(args)
     children: list[Child] = []
     broker_url = config.mqtt.url
-    if not _explicit_mqtt_url(args):
+    if _explicit_mqtt_url(args):
+        address = parse_url(config.mqtt.url)
+        if not address.tls and not check_broker(config, address.host, address.port, embedded_port=False):
+            _LOGGER.warning(
+                "nothing answers at %s yet; the services keep trying to connect", parse_url(config.mqtt.url)
+            )
+    else:
         broker_url = f"mqtt://127.0.0.1:{args.broker_port}"
-        if mqtt_answers("127.0.0.1", args.broker_port):
+        if check_broker(config, "127.0.0.1", args.broker_port, embedded_port=True):
             _LOGGER.info("an MQTT broker already answers on 127.0.0.1:%d; using it", args.broker_port)
         else:
             children.append(
@@ -147,7 +200,12 @@ async def _supervise(child: Child, stop: asyncio.Event) -> None:
 
 
 async def run_stack(args: argparse.Namespace, config: Config) -> int:
-    children, broker_url = plan(args, config)
+    try:
+        children, broker_url = plan(args, config)
+    except StackError as exc:
+        _LOGGER.error("cannot start the stack: %s", exc)
+        return EXIT_CANNOT_START
+    exit_code = 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -160,13 +218,15 @@ async def run_stack(args: argparse.Namespace, config: Config) -> int:
         deadline = time.monotonic() + 15
         while not mqtt_answers(address.host, address.port, timeout=0.5):
             if time.monotonic() > deadline or stop.is_set():
-                _LOGGER.error("the embedded broker did not come up on %s", address)
+                if not stop.is_set():
+                    _LOGGER.error("the embedded broker did not come up on %s; see its log lines above", address)
+                    exit_code = EXIT_BROKER_FAILED
                 stop.set()
                 break
             await asyncio.sleep(0.1)
-    for child in services:
-        child.task = asyncio.create_task(_supervise(child, stop))
     if not stop.is_set():
+        for child in services:
+            child.task = asyncio.create_task(_supervise(child, stop))
         port = getattr(args, "gateway.api_port", None) or config.gateway.api_port
         _LOGGER.info(
             "stack starting: broker %s; ESPHome API on port %d. Watch it with: mosquitto_sub -h %s -p %d -v -t "
@@ -188,4 +248,4 @@ async def run_stack(args: argparse.Namespace, config: Config) -> int:
     for child in children:
         if child.task is not None:
             await child.task
-    return 0
+    return exit_code

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from shared import registers
+from shared.config import Config
 from shared.modbus import (
     BROADCAST_SLAVE,
     READ_HOLDING_REGISTERS,
@@ -49,8 +50,8 @@ def decode_frame(
     return result
 
 
-async def scan(timeout: float, adapter: str, *, simulate: bool = False) -> int:
-    """Print every BT-2 (and Renogy Pro pack) seen within timeout."""
+async def scan(timeout: float, adapter: str, *, simulate: bool = False, config: Config | None = None) -> int:
+    """Print every BT-2 (and Renogy Pro pack) seen within timeout (the configured simulator with ``simulate``)."""
     from services.reader.scanner import Scanner  # noqa: PLC0415
 
     backend = None
@@ -58,7 +59,7 @@ async def scan(timeout: float, adapter: str, *, simulate: bool = False) -> int:
     if simulate:
         from services.reader.simulate import start_default_simulator  # noqa: PLC0415
 
-        sim, backend = start_default_simulator()
+        sim, backend = start_default_simulator(config)
     scanner = Scanner(
         backend=backend,
         adapter=adapter,
@@ -68,7 +69,8 @@ async def scan(timeout: float, adapter: str, *, simulate: bool = False) -> int:
     )
     if not await scanner.start():
         return 1
-    print(f"scanning {timeout:.0f} s on {adapter} ...", file=sys.stderr)
+    where = "the simulator" if simulate else adapter
+    print(f"scanning {timeout:.0f} s on {where} ...", file=sys.stderr)
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     reported: set[str] = set()

@@ -20,17 +20,21 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from shared.noise_key import InvalidKeyError, decode_key
 
 ENV_PREFIX = "RENOGY_"
+# Modbus RTU unicast addresses (0 is broadcast, 248..255 reserved); the simulator and banks use the same.
+SLAVE_ID_RANGE = (1, 247)
 _UNSET: Any = object()
 _MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]?){5}[0-9A-Fa-f]{2}$")
 _NAME_RE = re.compile(r"^[a-z0-9-]{1,31}$")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")  # Linux IFNAMSIZ - 1, no separators
+_LEGACY_ALIAS_RE = re.compile(r"^[!-~]([ -~]{0,46}[!-~])?$")  # the old [device] alias: goes into object ids
 DEFAULT_INSTANCE = "default"
 DEFAULT_NODE_NAME = "renogy-bt-proxy"
 DEFAULT_FRIENDLY_NAME = "Renogy BT Proxy"
@@ -66,7 +70,10 @@ def setting(
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
     url: str = setting(
-        "mqtt://127.0.0.1:1883", "RENOGY_MQTT_URL", "Broker URL: mqtt://host:port or mqtts://host:port"
+        "mqtt://127.0.0.1:1883",
+        "RENOGY_MQTT_URL",
+        "Broker URL: mqtt://host:port or mqtts://host:port; mqtt://user:password@host:port sets the "
+        "credentials too (percent-encode special characters)",
     )
     username: str | None = setting(None, "RENOGY_MQTT_USERNAME", "Broker user name")
     password: str | None = setting(None, "RENOGY_MQTT_PASSWORD", "Broker password", secret=True)
@@ -149,6 +156,14 @@ class ReaderConfig:
         "RENOGY_CAPTURE_FILE",
         "Append every request/response with timing as JSON lines (for bug reports)",
     )
+    outage_buffer: float = setting(
+        86400.0,
+        "RENOGY_OUTAGE_BUFFER",
+        "Readings kept while the broker is unreachable, in seconds of polling (published in order when it "
+        "is back; the oldest are dropped first; 0 = none)",
+        minimum=0,
+        maximum=7 * 86400,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +171,16 @@ class SimulatorConfig:
     enabled: bool = setting(False, "RENOGY_SIMULATE", "Use the built-in BT-2 simulator instead of Bluetooth")
     batteries: list[int] = setting(
         [48, 49, 50, 51], "RENOGY_SIM_BATTERIES", "Slave ids of simulated batteries"
+    )
+    address: str = setting(
+        "C4:64:E3:38:3D:0E",
+        "RENOGY_SIM_ADDRESS",
+        "MAC address of the simulated BT-2 (another one per simulated reader tries a second BT-2)",
+    )
+    name: str | None = setting(
+        None,
+        "RENOGY_SIM_NAME",
+        "Advertised name of the simulated BT-2 (unset: BT-TH- + the last 8 hex digits of its MAC)",
     )
     speed: float = setting(
         1.0, "RENOGY_SIM_SPEED", "Simulated-time acceleration of the battery physics", minimum=0
@@ -210,6 +235,20 @@ class AggregatorConfig:
         "RENOGY_STALE_AFTER",
         "Age after which a value becomes unknown, s (default 3 x poll interval)",
         minimum=0,
+    )
+    save_interval: float = setting(
+        300.0,
+        "RENOGY_SAVE_INTERVAL",
+        "Longest time between writes of the state file, s; it is written only when a counter changed "
+        "(the retained device states are the second copy in between; spares SD cards)",
+        minimum=1,
+        maximum=86400,
+    )
+    forget_after: float = setting(
+        7 * 86400.0,
+        "RENOGY_FORGET_AFTER",
+        "A battery without a reading for this long is removed from Home Assistant, s (its counter is kept)",
+        minimum=60,
     )
     banks: list[dict[str, Any]] = setting(
         [],
@@ -277,6 +316,20 @@ class GatewayConfig:
         "homeassistant",
         "RENOGY_HA_DISCOVERY_PREFIX",
         "Home Assistant MQTT discovery prefix (its birth topic is <prefix>/status)",
+    )
+    entity_naming: str = setting(
+        "default",
+        "RENOGY_ENTITY_NAMING",
+        "Entity ids and names: default (a device per battery and bank) or legacy (one device with the "
+        "object ids, names and keys of jorik41/renogy-bt, so Home Assistant keeps its entities; "
+        "docs/migrating.md)",
+        choices=("default", "legacy"),
+    )
+    legacy_device_name: str | None = setting(
+        None,
+        "RENOGY_LEGACY_DEVICE_NAME",
+        "legacy naming: the old system's [device] alias in front of every object id (unset: the BT-2's "
+        "name, BT-TH- + the last 8 hex digits of its MAC)",
     )
 
 
@@ -401,7 +454,8 @@ def load_config(
             source, value = f"{key_path} in {path}", file_section[key]
         env_name = fld.metadata["env"]
         if env_name in environ and environ[env_name] != "":
-            source, value = f"{key_path} (environment {env_name})", _from_env(environ[env_name], hint)
+            source = f"{key_path} (environment {env_name})"
+            value = _from_env(source, environ[env_name], hint)
         if overrides and key_path in overrides and overrides[key_path] is not None:
             source, value = f"{key_path} (command line)", overrides[key_path]
         if value is _UNSET:
@@ -409,10 +463,36 @@ def load_config(
         raw[section][key] = _validate(source or key_path, value, hint, fld.metadata)
     _check_unknown(file_values, path)
     sections = {name: cls(**raw[name]) for name, cls in _SECTIONS.items()}
+    sections["mqtt"] = _url_credentials(sections["mqtt"])
     sections["gateway"] = _instance_identity(sections["gateway"], explicit=raw["gateway"].keys())
     config = Config(**raw[""], **sections)
     _cross_check(config)
     return config
+
+
+def _url_credentials(mqtt: MqttConfig) -> MqttConfig:
+    """mqtt://USER:PASSWORD@host: the URL's credentials become mqtt.username/password (percent-decoded).
+
+    Both given and different is an error rather than a silent choice; no message shows a password.
+    """
+    parts = urlsplit(mqtt.url if "://" in mqtt.url else f"mqtt://{mqtt.url}")
+    if parts.username is None and parts.password is None:
+        return mqtt
+    user = unquote(parts.username or "")
+    password = None if parts.password is None else unquote(parts.password)
+    if not user:
+        raise ConfigError("mqtt.url: a password without a user name; write mqtt://USER:PASSWORD@HOST:PORT")
+    if mqtt.username is not None and mqtt.username != user:
+        raise ConfigError(
+            f"mqtt.url names the user {user!r} but mqtt.username (RENOGY_MQTT_USERNAME) is {mqtt.username!r}; "
+            "set the credentials in one place"
+        )
+    if password is not None and mqtt.password is not None and password != mqtt.password:
+        raise ConfigError(
+            "mqtt.url and mqtt.password (RENOGY_MQTT_PASSWORD) carry different passwords; "
+            "set the credentials in one place"
+        )
+    return dataclasses.replace(mqtt, username=user, password=password if password is not None else mqtt.password)
 
 
 def instance_node_name(instance: str, base: str = DEFAULT_NODE_NAME) -> str:
@@ -462,7 +542,7 @@ def _check_unknown(file_values: Mapping[str, Any], path: Path | str | None) -> N
                     raise ConfigError(f"unknown key {key}.{sub!r} in {path}")
 
 
-def _from_env(text: str, hint: Any) -> Any:
+def _from_env(where: str, text: str, hint: Any) -> Any:
     base, _ = _unwrap_optional(hint)
     if get_origin(base) is list:
         if get_args(base) in ((int,), (str,)):
@@ -470,7 +550,7 @@ def _from_env(text: str, hint: Any) -> Any:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"environment value is not JSON: {exc}") from exc
+            raise ConfigError(f"{where}: not JSON ({exc}); give a JSON list of objects, [{{...}}, ...]") from None
     return text
 
 
@@ -547,6 +627,11 @@ def _cross_check(config: Config) -> None:
         raise ConfigError(f"gateway.name: {gateway.name!r} must be 1-31 characters of a-z, 0-9 and '-'")
     if gateway.mac is not None and not _MAC_RE.match(gateway.mac):
         raise ConfigError(f"gateway.mac: {gateway.mac!r} is not a MAC address")
+    if gateway.legacy_device_name is not None and not _LEGACY_ALIAS_RE.match(gateway.legacy_device_name):
+        raise ConfigError(
+            f"gateway.legacy_device_name: {gateway.legacy_device_name!r} must be 1-48 printable ASCII characters, "
+            "no leading or trailing space (the old [device] alias, e.g. BT-TH-E3383D0E)"
+        )
     if gateway.mdns_interface is not None and not _IFNAME_RE.match(gateway.mdns_interface):
         raise ConfigError(f"gateway.mdns_interface: {gateway.mdns_interface!r} is not an interface name")
     for address in gateway.mdns_addresses:
@@ -556,15 +641,24 @@ def _cross_check(config: Config) -> None:
             raise ConfigError(f"gateway.mdns_addresses: {address!r} is not an IP address") from None
     if config.reader.bt2_address is not None and not _MAC_RE.match(config.reader.bt2_address):
         raise ConfigError(f"reader.bt2_address: {config.reader.bt2_address!r} is not a MAC address")
+    if not re.match(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$", config.simulator.address):
+        raise ConfigError(
+            f"simulator.address: {config.simulator.address!r} is not a MAC address (AA:BB:CC:DD:EE:FF)"
+        )
+    if config.simulator.name is not None and not 1 <= len(config.simulator.name.encode()) <= 29:
+        raise ConfigError(
+            f"simulator.name: {config.simulator.name!r} must be 1-29 bytes (it goes into an advertisement)"
+        )
     for key, ids in (
         ("reader.batteries", config.reader.batteries),
         ("simulator.batteries", config.simulator.batteries),
     ):
         if not ids:
             raise ConfigError(f"{key}: at least one slave id is required")
+        low, high = SLAVE_ID_RANGE
         for slave in ids:
-            if not 1 <= slave <= 255:
-                raise ConfigError(f"{key}: slave id {slave} outside 1..255")
+            if not low <= slave <= high:
+                raise ConfigError(f"{key}: slave id {slave} outside {low}..{high}")
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{key}: duplicate slave ids in {ids}")
     for key, name in (

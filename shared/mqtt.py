@@ -76,6 +76,32 @@ def parse_url(url: str) -> BrokerAddress:
     return BrokerAddress(parts.hostname, port, tls)
 
 
+def paho_client(config: MqttConfig, client_id: str) -> paho.Client:
+    """The one paho set-up: MQTT 3.1.1, clean session, this configuration's credentials and TLS.
+
+    The services' MqttClient and the operator tools' session both build their client here, so they
+    cannot disagree about credentials (mqtt.url's user-info is folded into mqtt.username/password
+    when the configuration is loaded). TLS set-up errors (a missing CA file) raise OSError/ValueError.
+    """
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv311,
+        clean_session=True,
+    )
+    if config.username:
+        client.username_pw_set(config.username, config.password)
+    if parse_url(config.url).tls:
+        client.tls_set(
+            ca_certs=str(config.ca_file) if config.ca_file else None,
+            certfile=str(config.cert_file) if config.cert_file else None,
+            keyfile=str(config.key_file) if config.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(config.tls_insecure)
+    return client
+
+
 class MqttClient:
     """Publish/subscribe for one service; safe to use only from the event loop that started it."""
 
@@ -98,26 +124,11 @@ class MqttClient:
         self.connected = asyncio.Event()
         self.connect_count = 0
         self.dropped_publishes = 0
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv311,
-            clean_session=True,
-        )
+        self._client = paho_client(config, client_id)
         self._client.enable_logger(logging.getLogger("paho"))
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.max_queued_messages_set(MAX_QUEUED)
         self._client.reconnect_delay_set(1, max(1, round(config.reconnect_max_delay)))
-        if config.username:
-            self._client.username_pw_set(config.username, config.password)
-        if self.address.tls:
-            self._client.tls_set(
-                ca_certs=str(config.ca_file) if config.ca_file else None,
-                certfile=str(config.cert_file) if config.cert_file else None,
-                keyfile=str(config.key_file) if config.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            self._client.tls_insecure_set(config.tls_insecure)
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_socket_open = self._on_socket_open
@@ -189,6 +200,22 @@ class MqttClient:
                 self.dropped_publishes += 1
             return False
         return True
+
+    def publish_tracked(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> paho.MQTTMessageInfo | None:
+        """Queue a publish and return its paho handle (`is_published()` once the broker acknowledged a
+        QoS 1 message); None when it could not be handed over (not connected, queue full)."""
+        if "+" in topic or "#" in topic:
+            raise ValueError(f"refusing to publish to wildcard topic {topic!r}")
+        if not self.connected.is_set():
+            return None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return None
+        if retain:
+            self._retained[topic] = (payload, qos)
+        return info
 
     def clear_retained(self, topic: str) -> None:
         """Remove a retained message from the broker (empty retained payload)."""

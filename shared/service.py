@@ -65,6 +65,12 @@ class RepeatFilter:
             self._streak.pop(kind, None)
 
 
+def client_id(root_topic: str, service: str, instance: str) -> str:
+    """``<root_topic>-<service>-<instance>`` ('/' as '_'): unique per stack on a shared broker, since two
+    clients with one id kick each other off. The default root gives renogy-reader-default as before."""
+    return f"{root_topic.replace('/', '_')}-{service}-{instance}"
+
+
 class ServiceRuntime:
     """MQTT presence for one service instance: retained online/offline state with a last will."""
 
@@ -86,7 +92,7 @@ class ServiceRuntime:
         self.health_topic = self.topics.bridge_health(service, instance)
         self.mqtt = MqttClient(
             config.mqtt,
-            client_id=f"renogy-{service}-{instance}",
+            client_id=client_id(config.mqtt.root_topic, service, instance),
             will=(self.state_topic, self.state_payload("offline")),
             on_message=on_message,
         )

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.config import AggregatorConfig, ConfigError
+from shared.config import SLAVE_ID_RANGE, AggregatorConfig, ConfigError
 from shared.topics import bt2_id, valid_device_id
 
 DEFAULT_BANK_ID = "bank"
@@ -114,8 +114,9 @@ def parse_selector(where: str, value: Any) -> Selector:
 
 
 def _slave(where: str, value: int) -> int:
-    if not 1 <= value <= 255:
-        raise ConfigError(f"{where}: slave id {value} outside 1..255")
+    low, high = SLAVE_ID_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"{where}: slave id {value} outside {low}..{high}")
     return value
 
 
@@ -160,7 +161,7 @@ def _override(where: str, raw: Mapping[str, Any]) -> BatteryOverride:
     _unknown(where, raw, BATTERY_KEYS)
     slave = raw.get("slave_id")
     if isinstance(slave, bool) or not isinstance(slave, int):
-        raise ConfigError(f"{where}.slave_id: an integer 1..255 is required")
+        raise ConfigError(f"{where}.slave_id: an integer {SLAVE_ID_RANGE[0]}..{SLAVE_ID_RANGE[1]} is required")
     bt2 = _text(where, raw, "bt2")
     selector = parse_selector(where, f"{bt2}:{slave}" if bt2 else slave)
     override = BatteryOverride(selector, _device_id(where, raw), _text(where, raw, "name"))

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 
+# The heading of docs/troubleshooting.md that explains the missing socket (a test checks it exists).
+DBUS_ANCHOR = "no-d-bus-system-bus-socket"
+
 
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
@@ -28,7 +31,9 @@ def diagnose(exc: BaseException, adapter: str) -> Diagnosis:
             if in_docker()
             else "is D-Bus running? (systemctl status dbus)"
         )
-        return Diagnosis("adapter_error", f"no D-Bus system bus socket ({exc}); {hint}")
+        return Diagnosis(
+            "adapter_error", f"no D-Bus system bus socket ({exc}); {hint} (docs/troubleshooting.md#{DBUS_ANCHOR})"
+        )
     if isinstance(exc, BleakDBusError):
         name = exc.dbus_error
         if name == "org.freedesktop.DBus.Error.ServiceUnknown":
@@ -45,11 +50,24 @@ def diagnose(exc: BaseException, adapter: str) -> Diagnosis:
                 f"D-Bus denied access to BlueZ ({exc.dbus_error_details}): run as a user allowed by the "
                 "bluetooth D-Bus policy (group bluetooth) or check AppArmor (security_opt apparmor:unconfined)",
             )
-        if name in ("org.bluez.Error.NotReady", "org.bluez.Error.Failed") and "powered" in text.lower():
+        if name == "org.bluez.Error.NotReady" or (name == "org.bluez.Error.Failed" and "powered" in text.lower()):
+            # BlueZ answers "Resource Not Ready" to discovery and connects while the adapter is off.
             return Diagnosis(
                 "adapter_error",
                 f"adapter {adapter} is powered off or blocked: try 'rfkill unblock "
                 f"bluetooth' and 'bluetoothctl power on' ({exc})",
+            )
+        if name == "org.freedesktop.DBus.Error.UnknownObject":
+            return Diagnosis(
+                "connect_failed",
+                f"BlueZ no longer has this object ({exc.dbus_error_details or name}): bluetoothd was restarted "
+                "or the adapter was reset or removed; reconnecting (the next scan finds the BT-2 again)",
+            )
+        if name == "org.freedesktop.DBus.Error.NoReply":
+            return Diagnosis(
+                "connect_failed",
+                f"BlueZ did not answer ({exc.dbus_error_details or name}): bluetoothd is hung or was restarted "
+                "under us; will retry; if it repeats, 'sudo systemctl restart bluetooth'",
             )
         if name == "org.bluez.Error.InProgress":
             return Diagnosis("connect_failed", f"BlueZ is busy with another operation ({exc}); will retry")
@@ -66,6 +84,13 @@ def diagnose(exc: BaseException, adapter: str) -> Diagnosis:
                 "connect_failed",
                 f"connection aborted by the adapter ({text}): usually RF interference or another connect in "
                 "progress; a Pi's 2.4 GHz Wi-Fi hotspot starves BLE",
+            )
+        if text.startswith("device '") and text.endswith("' not found"):
+            # bleak's BlueZ manager lost the device object (bluetoothd restarted, adapter reset or removed)
+            return Diagnosis(
+                "connect_failed",
+                f"BlueZ no longer knows the BT-2 ({text}): bluetoothd was restarted or the adapter was reset "
+                "or removed; the next scan finds it again",
             )
         if "not found" in text.lower() and "adapter" in text.lower():
             return Diagnosis(

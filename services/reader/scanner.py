@@ -18,6 +18,7 @@ from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
+from services.reader.bluez_errors import Diagnosis
 from shared.service import RepeatFilter
 
 _LOGGER = logging.getLogger(__name__)
@@ -56,7 +57,11 @@ class Scanner:
         self._on_state = on_state
         self.watchdog_after = watchdog_after
         self._scanner: BleakScanner | None = None
-        self._last_advert = 0.0
+        # Monotonic time of the last advertisement or of the last (attempted) start: never 0, which
+        # would make the silence the host's uptime.
+        self._last_advert = time.monotonic()
+        # Why the last start failed (None while running or never tried).
+        self.problem: Diagnosis | None = None
         self._found = asyncio.Event()
         self.bt2_sightings: dict[str, Sighting] = {}
         self.restarts = 0
@@ -79,9 +84,12 @@ class Scanner:
         except Exception as exc:
             from services.reader.bluez_errors import diagnose  # noqa: PLC0415 - only on the error path
 
-            self._log.failure("scan", "BLE scanner did not start: %s", diagnose(exc, self._adapter).message)
+            self.problem = diagnose(exc, self._adapter)
+            self._last_advert = time.monotonic()
+            self._log.failure("scan", "BLE scanner did not start: %s", self.problem.message)
             self._set_state("failed")
             return False
+        self.problem = None
         self._log.success("scan")
         self._scanner = scanner
         self._last_advert = time.monotonic()
@@ -117,12 +125,15 @@ class Scanner:
                 return
             silent_for = time.monotonic() - self._last_advert
             if self._scanner is None or silent_for > self.watchdog_after:
-                _LOGGER.warning(
+                # Once per streak: a scanner that cannot start (no D-Bus socket) must not flood the log.
+                self._log.failure(
+                    "watch",
                     "BLE scanner %s (no advertisement for %.0f s); restarting it",
                     "is not running" if self._scanner is None else "went silent",
                     silent_for,
                 )
-                await self.restart()
+                if await self.restart():
+                    self._log.success("watch")
 
     async def find_bt2(self, *, address: str | None, name: str | None, timeout: float) -> Sighting | None:
         """Wait until a matching BT-2 advertises (first BT-TH-* when neither address nor name is given)."""

@@ -23,7 +23,8 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from services.reader import adapter as adapter_ops
 from services.reader.advertisements import AdvertisementBatcher, RawAdvertisement, address_type, encode_ad
 from services.reader.bluez_errors import diagnose
-from services.reader.link import Bt2Link, Exchange, LinkError
+from services.reader.link import Bt2Link, Exchange, LinkError, backend_name
+from services.reader.outbox import Outbox, capacity_for
 from services.reader.readings import BatteryCycle, Identity
 from services.reader.recovery import Action, Backoff, Watchdog
 from services.reader.scanner import Scanner
@@ -102,11 +103,14 @@ class Reader:
         self.rssi: int | None = None
         self.adapter_address = backends.adapter_address
         self.adapter_errors = 0
+        # The last adapter-level failure of a connect (no D-Bus socket, adapter missing); None once it works.
+        self.adapter_problem: str | None = None
         self.exit_code = EXIT_OK
         self._log = RepeatFilter(_LOGGER)
         self._batcher = AdvertisementBatcher()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._capture: TextIO | None = None
+        self._outbox: Outbox | None = None  # created with the first reading (publishing, below)
         self._cycle_floor = 0.0
         self._floor_known = True
         self.scanner = Scanner(
@@ -141,6 +145,8 @@ class Reader:
         if self.adapter_address is None and self.backends.client is None:
             self.adapter_address = await adapter_ops.adapter_address(self.cfg.adapter)
         await self.scanner.start()
+        # At once, so `healthcheck reader` and `status` see an adapter that cannot work before a cycle ends.
+        self._publish_health()
 
     async def shutdown(self) -> None:
         if self.link is not None:
@@ -150,6 +156,8 @@ class Reader:
         self._publish_health()
         if self._capture is not None:
             self._capture.close()
+        if self._outbox is not None:
+            await self._outbox.close()
         await self.runtime.stop()
 
     async def _poll_loop(self) -> None:
@@ -368,6 +376,7 @@ class Reader:
             self.stats.request_failed(None, diagnosis.kind)
             if diagnosis.kind == "adapter_error":
                 self.adapter_errors += 1
+                self.adapter_problem = diagnosis.message
                 _LOGGER.error("Bluetooth adapter problem: %s", diagnosis.message)
                 if diagnosis.fatal or self.adapter_errors >= MAX_ADAPTER_ERRORS:
                     _LOGGER.error(
@@ -379,12 +388,24 @@ class Reader:
                 self._log.failure("connect", "cannot connect to the BT-2: %s", diagnosis.message)
             return False
         self.adapter_errors = 0
+        self.adapter_problem = None
         self.backoff.reset()
         self._log.success("connect")
         return True
 
     async def _find_device(self) -> BLEDevice | str | None:
         cfg = self.cfg
+        problem = self.scanner.problem
+        if not cfg.bt2_address and self.scanner.state == "failed" and problem is not None:
+            # Waiting for an advertisement would only end in blaming the BT-2 for what the adapter did.
+            self.stats.request_failed(None, problem.kind)
+            self._log.failure(
+                "scan",
+                "cannot look for the BT-2: the BLE scanner did not start (%s); set reader.bt2_address "
+                "to connect without scanning",
+                problem.message,
+            )
+            return None
         sighting = await self.scanner.find_bt2(
             address=cfg.bt2_address,
             name=cfg.bt2_name,
@@ -419,11 +440,13 @@ class Reader:
     # --- publishing ----------------------------------------------------------------------------------
 
     def _publish_reading(self, reading: BatteryCycle) -> None:
+        """Hand a reading to the outbox: published in order (QoS 1, retained), kept while the broker is away."""
         identity = self.identities.get(reading.slave_id, Identity())
         payload = reading.payload(identity, self.runtime.boot_id)
-        self.runtime.mqtt.publish(
-            self.topics.reading(reading.bt2, reading.slave_id), dumps(payload), retain=True
-        )
+        if self._outbox is None:
+            capacity = capacity_for(self.cfg.outage_buffer, self.cfg.poll_interval, len(self.cfg.batteries))
+            self._outbox = Outbox(self.runtime.mqtt, capacity)
+        self._outbox.put(self.topics.reading(reading.bt2, reading.slave_id), dumps(payload))
         self.stats.readings_published += 1
 
     def _publish_health(self) -> None:
@@ -431,7 +454,7 @@ class Reader:
             "bt2": self.bt2,
             "bt2_name": self.bt2_name,
             "adapter": self.cfg.adapter,
-            "backend": self.backends.client.__name__ if self.backends.client else "BlueZ",
+            "backend": backend_name(self.backends.client),
             "connected": bool(self.link and self.link.connected),
             "rssi": self.rssi,
             "poll_interval": self.cfg.poll_interval,
@@ -442,9 +465,24 @@ class Reader:
                 "advertisements": self._batcher.seen,
             },
             "late_replies": self.link.late_replies if self.link else 0,
+            "outbox": self._outbox.health() if self._outbox is not None else None,
+            # What `healthcheck reader` judges: can it use the adapter, and how long without a good reading.
+            "adapter_problem": self._adapter_problem(),
+            "bad_cycles": self.watchdog.bad_cycles,
+            "watchdog_cycles": self.cfg.watchdog_cycles,
+            "last_good_ts": max(
+                (b.last_good_ts for b in self.stats.batteries.values() if b.last_good_ts is not None),
+                default=None,
+            ),
             **self.stats.as_health(),
         }
         self.runtime.publish_health(health)
+
+    def _adapter_problem(self) -> str | None:
+        scan = self.scanner.problem
+        if self.scanner.state == "failed" and scan is not None and scan.kind == "adapter_error":
+            return f"BLE scanner did not start: {scan.message}"
+        return self.adapter_problem
 
     def _publish_scanner_state(self, state: str, mode: str) -> None:
         body = {
@@ -522,7 +560,10 @@ async def run(config: Config) -> int:
     try:
         backends = resolve_backends(config)
     except ValueError as exc:
-        _LOGGER.error("%s (setting reader.backend / RENOGY_BLE_BACKEND)", exc)
+        if config.simulator.enabled:
+            _LOGGER.error("cannot start the simulator: %s (settings simulator.*, RENOGY_SIM_*)", exc)
+        else:
+            _LOGGER.error("%s (setting reader.backend / RENOGY_BLE_BACKEND)", exc)
         return 2
     reader = Reader(config, backends)
     try:

@@ -19,6 +19,8 @@ def simulator_for_config(config: Config) -> BankSimulator:
     return BankSimulator.from_config(
         SimConfig(
             batteries=tuple(sim_cfg.batteries),
+            address=sim_cfg.address,
+            name=sim_cfg.name,
             mtu=sim_cfg.mtu,
             speed=sim_cfg.speed,
             latency_scale=sim_cfg.latency_scale,
@@ -41,8 +43,8 @@ def simulator_backends(config: Config) -> Backends:
     return Backends(SimBT2Client, SimScanner, SIM_ADAPTER_ADDRESS, sim)
 
 
-def start_default_simulator() -> tuple[BankSimulator, type[SimScanner]]:
-    """A default simulator for `renogy-proxy scan --simulate`."""
-    sim = BankSimulator.from_config(SimConfig())
+def start_default_simulator(config: Config | None = None) -> tuple[BankSimulator, type[SimScanner]]:
+    """The configured (or a default) simulator for `renogy-proxy scan --simulate`."""
+    sim = simulator_for_config(config) if config is not None else BankSimulator.from_config(SimConfig())
     register_simulator(sim)
     return sim, SimScanner

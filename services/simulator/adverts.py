@@ -217,9 +217,12 @@ def bt2_manufacturer_data(address: str) -> dict[int, bytes]:
     return {int.from_bytes(mac[:2], "little"): mac[2:]}
 
 
-def bt2_advertisement(address: str, rssi: int, *, padding: int = 0) -> SimAdvertisement:
-    """A BT-2's advertisement: BT-TH-<last four MAC bytes>, service ffd0, MAC-derived manufacturer data."""
-    name = "BT-TH-" + address.replace(":", "").upper()[4:] + " " * padding
+def bt2_advertisement(
+    address: str, rssi: int, *, padding: int = 0, name: str | None = None
+) -> SimAdvertisement:
+    """A BT-2's advertisement: BT-TH-<last four MAC bytes> (or ``name``), service ffd0, MAC-derived
+    manufacturer data."""
+    name = (name or "BT-TH-" + address.replace(":", "").upper()[4:]) + " " * padding
     return _advertisement(
         address.upper(),
         PUBLIC,

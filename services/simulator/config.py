@@ -19,6 +19,7 @@ class SimConfig:
 
     batteries: tuple[int, ...] = DEFAULT_BATTERIES
     address: str = DEFAULT_ADDRESS
+    name: str | None = None  # advertised name; None: BT-TH- + the last four MAC bytes
     mtu: int = 251
     speed: float = 1.0
     latency_scale: float = 1.0
@@ -63,5 +64,5 @@ class SimConfig:
 
     @property
     def local_name(self) -> str:
-        """BT-TH- plus the last four MAC bytes, as a BT-2 advertises itself."""
-        return "BT-TH-" + self.address.replace(":", "")[4:]
+        """BT-TH- plus the last four MAC bytes, as a BT-2 advertises itself (unless a name is set)."""
+        return self.name or "BT-TH-" + self.address.replace(":", "")[4:]

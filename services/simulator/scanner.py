@@ -58,7 +58,7 @@ def _bt2_source(sim: BankSimulator, rng: random.Random) -> _Source:
         if sim.central is not None:
             return None  # a BT-2 holding a link does not advertise
         padding = 4 if rng.random() < PADDED_NAME_SHARE else 0
-        return bt2_advertisement(sim.address, rssi, padding=padding)
+        return bt2_advertisement(sim.address, rssi, padding=padding, name=sim.local_name)
 
     return _Source(sim.address, 1.0, make, rng.randint(-80, -58), details=sim)
 

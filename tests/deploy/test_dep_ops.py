@@ -71,7 +71,7 @@ async def test_status_healthcheck_and_diagnose_against_a_running_stack(
         for service in ("reader", "aggregator", "gateway"):
             check = await run_cli("healthcheck", service, env=env)
             assert check.code == 0 and check.out.startswith("healthy"), check.out + check.err
-        assert "answers (plaintext)" in (await run_cli("healthcheck", "gateway", env=env)).out
+        assert "answers (plaintext, node renogy-bt-proxy)" in (await run_cli("healthcheck", "gateway", env=env)).out
 
         secrets = {
             **env,

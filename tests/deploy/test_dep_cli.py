@@ -1,0 +1,157 @@
+"""Operator tools read the configuration and explain themselves: `config check`, `scan`, `healthcheck gateway`,
+every `--help` (issue 11)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.cli import COMMANDS, main
+from services.config_check import COMPOSE_VARIABLES, TEST_VARIABLES, setting_variables
+from services.gateway import messages
+from services.gateway.service import Gateway
+from services.ops import MSG_HELLO_REQUEST, MSG_HELLO_RESPONSE, hello_name, hello_request, probe_api
+from shared.config import load_config
+from tests.deploy.support import ROOT, cli
+from tests.support.brokers import free_port
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_help_has_a_description_defaults_and_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [command, "check", "--help"] if command == "config" else [command, "--help"]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    usage_end = text.index("\n\n")
+    description = text[usage_end:].strip().split("\n\n")[0]
+    assert len(description) > 40 and not description.startswith(("options:", "positional")), text
+    assert "examples:\n  renogy-proxy" in text or "examples:\n  RENOGY_" in text, text
+    if command != "keygen":  # keygen has no options
+        assert "default" in text, text
+
+
+def test_setting_options_show_their_default_and_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["reader", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 48,49,50,51; env RENOGY_BATTERIES)" in text
+    assert "(default 30.0; env RENOGY_POLL_INTERVAL)" in text
+
+
+def test_config_check_accepts_a_good_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "renogy.toml"
+    path.write_text(
+        '[reader]\nbatteries = [48, 49]\n[aggregator]\nbanks = [{id = "house", batteries = [48, 49]}]\n'
+    )
+    done = cli("config", "check", "--config", str(path), env={"RENOGY_POLL_INTERVAL": "10"})
+    assert done.code == 0, done.err
+    assert "configuration ok" in done.out and str(path) in done.out and "RENOGY_POLL_INTERVAL" in done.out
+
+
+def test_config_check_finds_typos_with_a_did_you_mean_and_names_every_key(tmp_path: Path) -> None:
+    done = cli(
+        "config", "check", env={"RENOGY_BATERIES": "48", "RENOGY_POLL_INTERVALL": "5", "RENOGY_ZZZ": "1"}
+    )
+    assert done.code == 2, done.out
+    assert (
+        "unknown environment variable RENOGY_BATERIES: no setting reads it (did you mean RENOGY_BATTERIES?)"
+        in (done.err)
+    )
+    assert "(did you mean RENOGY_POLL_INTERVAL?)" in done.err and "RENOGY_ZZZ" in done.err
+    bad_json = cli("config", "check", env={"RENOGY_BANKS": "[{id"})
+    assert bad_json.code == 2 and "aggregator.banks (environment RENOGY_BANKS): not JSON" in bad_json.err
+    layout = cli(
+        "config", "check", env={"RENOGY_BANKS": '[{"id": "a", "batteries": [48]}, {"batteries": [49]}]'}
+    )
+    assert layout.code == 2 and "aggregator.banks[1].id: required" in layout.err, layout.err
+    out_of_range = cli("config", "check", env={"RENOGY_BATTERIES": "48,250"})
+    assert out_of_range.code == 2 and "reader.batteries" in out_of_range.err and "1..247" in out_of_range.err
+    sim = cli("config", "check", env={"RENOGY_SIMULATE": "true", "RENOGY_SIM_BATTERIES": "48"})
+    assert sim.code == 2 and "reader.batteries [49, 50, 51] are not simulated" in sim.err, sim.err
+
+
+def test_services_warn_about_unknown_variables() -> None:
+    done = cli("scan", "--timeout", "1", env={"RENOGY_SIMULATE": "true", "RENOGY_BATERIES": "48"})
+    assert done.code == 0, done.err
+    assert "unknown environment variable RENOGY_BATERIES" in done.err and "RENOGY_BATTERIES?" in done.err
+
+
+def test_every_renogy_variable_of_the_deploy_files_is_known() -> None:
+    known = setting_variables() | COMPOSE_VARIABLES | TEST_VARIABLES
+    files = [ROOT / "docker-compose.yml", *(p for p in (ROOT / "deploy").rglob("*") if p.is_file())]
+    found = {
+        name for path in files for name in re.findall(r"\bRENOGY_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    unknown = sorted(name for name in found if name not in known and not name.startswith("RENOGY_DOCKER_"))
+    assert not unknown, f"add these to services/config_check.py COMPOSE_VARIABLES or the settings: {unknown}"
+
+
+def test_scan_reads_the_environment() -> None:
+    done = cli(
+        "scan",
+        "--timeout",
+        "2",
+        env={
+            "RENOGY_SIMULATE": "true",
+            "RENOGY_SIM_ADDRESS": "C4:64:E3:00:00:02",
+            "RENOGY_SIM_NAME": "BT-TH-OTHER",
+        },
+    )
+    assert done.code == 0, done.err
+    assert "C4:64:E3:00:00:02" in done.out and "BT-TH-OTHER" in done.out
+    assert "scanning 2 s on the simulator" in done.err
+
+
+def test_hello_frames_match_the_protobuf_table() -> None:
+    assert MSG_HELLO_REQUEST == messages.HELLO_REQUEST and MSG_HELLO_RESPONSE == messages.HELLO_RESPONSE
+    from aioesphomeapi.api_pb2 import HelloRequest, HelloResponse  # type: ignore[attr-defined]
+
+    frame = hello_request()
+    parsed = HelloRequest()
+    parsed.ParseFromString(frame[3:])
+    assert parsed.client_info == "renogy-proxy healthcheck" and parsed.api_version_major == 1
+    body = HelloResponse(api_version_major=1, api_version_minor=10, server_info="x", name="node-a")
+    payload = body.SerializeToString()
+    assert hello_name(b"\x00" + bytes((len(payload), MSG_HELLO_RESPONSE)) + payload) == "node-a"
+
+
+async def test_healthcheck_gateway_does_not_take_another_gateway_for_ours(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    environ = {
+        "RENOGY_MQTT_URL": mosquitto.url,
+        "RENOGY_STATE_DIR": str(tmp_path),
+        "RENOGY_API_BIND": "127.0.0.1",
+        "RENOGY_MDNS": "false",
+    }
+    other = load_config(environ={**environ, "RENOGY_API_PORT": str(port), "RENOGY_NAME": "someone-else"})
+    async with Gateway(other):
+        verdict = await asyncio.to_thread(
+            probe_api, "127.0.0.1", port, encrypted=False, expect_name="renogy-bt-proxy"
+        )
+        assert not verdict.healthy and "answers as node 'someone-else'" in verdict.text
+        ours = await asyncio.to_thread(
+            probe_api, "127.0.0.1", port, encrypted=False, expect_name="someone-else"
+        )
+        assert ours.healthy and "plaintext, node someone-else" in ours.text
+        await asyncio.sleep(0.5)
+        check = await asyncio.to_thread(cli, "healthcheck", "gateway", "--api-port", str(port), env=environ)
+        assert check.code == 1, check.out
+        assert "not this gateway's 'renogy-bt-proxy'" in check.out
+        named = await asyncio.to_thread(
+            cli,
+            "healthcheck",
+            "gateway",
+            "--api-port",
+            str(port),
+            env={**environ, "RENOGY_NAME": "someone-else"},
+        )
+        assert named.code == 0, named.out
