@@ -88,6 +88,7 @@ class Child:
     started_at: float = 0.0
     restarts: int = 0
     failures: int = 0
+    fatal: bool = False  # exited with a start-up error a restart cannot fix
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
@@ -189,6 +190,17 @@ async def _supervise(child: Child, stop: asyncio.Event) -> None:
             return
         code = waiter.result()
         ran = time.monotonic() - child.started_at
+        if code == EXIT_CANNOT_START:
+            # Every service exits 2 for what a restart cannot fix (a bad setting, a port another
+            # program holds): restarting would only repeat the same message every few seconds.
+            _LOGGER.error(
+                "%s exited with code 2: it cannot start as configured (its message above says why); "
+                "stopping the stack",
+                child.name,
+            )
+            child.fatal = True
+            stop.set()
+            return
         child.failures = 0 if ran >= HEALTHY_AFTER else child.failures + 1
         delay = min(MAX_BACKOFF, 2.0 ** (child.failures - 1)) if child.failures else 0.5
         child.restarts += 1
@@ -248,4 +260,6 @@ async def run_stack(args: argparse.Namespace, config: Config) -> int:
     for child in children:
         if child.task is not None:
             await child.task
+    if any(child.fatal for child in children):
+        return EXIT_CANNOT_START
     return exit_code

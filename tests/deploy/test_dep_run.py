@@ -207,3 +207,20 @@ def _not_mqtt_server() -> Iterator[int]:
         stop.set()
         thread.join(2)
         server.close()
+
+
+async def test_run_stops_when_a_service_cannot_start_instead_of_restarting_it(tmp_path: Path) -> None:
+    """The gateway's API port held by another program: exit 2 once, not a restart every few seconds."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        api_port = holder.getsockname()[1]
+        env = _env(tmp_path, RENOGY_API_BIND="127.0.0.1", RENOGY_POLL_INTERVAL="1")
+        done = await asyncio.to_thread(
+            cli, "run", "--broker-port", str(free_port()), "--api-port", str(api_port), env=env, timeout=60
+        )
+    message = done.err + done.out
+    assert done.code == 2, message
+    assert f"port {api_port} on 127.0.0.1 is already in use" in message
+    assert "gateway exited with code 2: it cannot start as configured" in message
+    assert "restarting in" not in message
