@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint bench soak fuzz chaos compat test-ha clean venv
+.PHONY: run test lint bench soak fuzz chaos compat test-ha test-docker clean venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=python3.11)")'
@@ -56,6 +56,12 @@ compat: $(STAMP)
 ## first use, ~2 min, and cached in $${XDG_CACHE_HOME:-~/.cache}/renogy-bt-proxy).
 test-ha: $(STAMP)
 	RENOGY_HA_TEST=1 $(BIN)/python -m pytest -q -s -rs tests/ha $(PYTEST_ARGS)
+
+## `docker compose up` for real on the simulator, with our Mosquitto and with an existing one (~5-10 min;
+## as root it installs docker.io and starts dockerd, base images are debootstrap stand-ins cached in
+## $${XDG_CACHE_HOME:-~/.cache}/renogy-bt-proxy/docker). Prints stage times, image size per layer.
+test-docker: $(STAMP)
+	RENOGY_DOCKER_TEST=1 $(BIN)/python -m pytest -q -s -rs tests/docker $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
