@@ -12,14 +12,25 @@ import contextlib
 import logging
 import signal
 import socket
+from typing import TYPE_CHECKING
 
-from amqtt.broker import Broker
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
 
 _LOGGER = logging.getLogger(__name__)
+INSTALL_HINT = "pip install 'renogy-bt-esphome-proxy[broker]' (make run installs it)"
+
+
+class BrokerUnavailable(RuntimeError):
+    """amqtt is an optional extra: the Docker image and Mosquitto installs do without it."""
 
 
 def make_broker(host: str, port: int) -> Broker:
     """A broker with anonymous access and none of the $SYS/packet-logging plugins (they cost 15-30 %)."""
+    try:
+        from amqtt.broker import Broker  # noqa: PLC0415 - only the embedded broker pays for amqtt
+    except ImportError:
+        raise BrokerUnavailable(f"the embedded broker needs amqtt: {INSTALL_HINT}") from None
     return Broker(
         {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},

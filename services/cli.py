@@ -514,11 +514,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from services.broker import serve  # noqa: PLC0415
+    from services.broker import BrokerUnavailable, serve  # noqa: PLC0415
 
     setup_logging(args.log_level, "broker")
     try:
         asyncio.run(serve(args.host, args.port))
+    except BrokerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2  # a restart cannot fix a missing package: `run` stops instead of retrying
     except Exception as exc:  # amqtt wraps a failed bind in its BrokerError
         print(
             f"error: the embedded MQTT broker cannot run on {args.host}:{args.port}: {exc}", file=sys.stderr
