@@ -43,7 +43,7 @@ DOCS = ROOT / "docs"
 HISTORY = DOCS / "benchmarks.json"
 MARKDOWN = DOCS / "benchmarks.md"
 OLD_MONOLITH_CPU_S_PER_MIN = 0.34
-BENCHES = ("reader", "latency", "gateway", "resources", "startup")
+BENCHES = ("reader", "bluez", "latency", "gateway", "resources", "startup")
 
 
 # --- where and when -------------------------------------------------------------------------------------------
@@ -252,6 +252,18 @@ def render(runs: list[dict[str, Any]]) -> str:
         for name, run in latest_by_name.items():
             out.append(f"### {name.replace('_', ' ')}\n\n{run['date']} on {machine_text(run['machine'])}.\n")
             out.append(_kv_table(run["figures"]))
+    peers = [r for r in runs if r["kind"] == "peers"]
+    if peers:
+        out.append(
+            "## Real peers\n\nFigures of the runs against real peers (`make compat`, `make test-ha`, "
+            "`make test-docker`), the newest of each.\n"
+        )
+        latest_peer: dict[str, dict[str, Any]] = {}
+        for run in peers:
+            latest_peer[run["name"]] = run
+        for name, run in latest_peer.items():
+            out.append(f"### {name}\n\n{run['date']} on {machine_text(run['machine'])}.\n")
+            out.append(_kv_table(run["figures"]))
     out.append("## History\n")
     if benches:
         out.append("### Benchmarks\n")
@@ -323,6 +335,17 @@ async def bench_reader_figures(quick: bool) -> dict[str, Any]:
         return {"skipped": "tests/bench_reader.py not found"}
     figures: dict[str, Any] = await bench_reader(cycles=2 if quick else 10, old_cycles=1 if quick else 3)
     return figures
+
+
+async def bench_bluez_figures(quick: bool) -> dict[str, Any]:
+    """The reader on bleak's BlueZ backend + stand-in BlueZ next to the bleak-backend simulator."""
+    import shutil
+
+    if shutil.which("dbus-daemon") is None:
+        return {"skipped": "dbus-daemon not installed"}
+    from tests.bench_bluez import bench_bluez
+
+    return await bench_bluez(cycles=2 if quick else 10, window=1.0 if quick else 3.0)
 
 
 def _env_for_stack(extra: dict[str, str]) -> dict[str, str]:
@@ -524,6 +547,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(BENCHES)}")
     steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "reader": lambda: bench_reader_figures(args.quick),
+        "bluez": lambda: bench_bluez_figures(args.quick),
         "latency": lambda: bench_latency(10.0 if args.quick else 60.0),
         "gateway": lambda: bench_gateway_figures(args.quick),
         "resources": lambda: bench_resources(args.window if args.window else (20.0 if args.quick else 240.0)),
