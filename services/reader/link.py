@@ -99,12 +99,26 @@ class Bt2Link:
         self._first_error: FrameError | None = None
         self._dirty = False
         self._last_rx = 0.0
+        self._rx_since_connect = 0
+        self._drops_while_connecting: int | None = None
         self.late_replies = 0
         self.disconnected = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.is_connected and not self.disconnected.is_set()
+
+    @property
+    def mtu(self) -> int | None:
+        """The ATT MTU of the link: BlueZ's characteristic MTU property (5.62+), else the backend's."""
+        if self._write_char is not None and isinstance(self._write_char.obj, tuple):
+            props = self._write_char.obj[1] if len(self._write_char.obj) > 1 else None
+            if isinstance(props, dict) and isinstance(props.get("MTU"), int):
+                return int(props["MTU"])
+        backend = self.backend_object
+        if backend is None or type(backend).__name__ == "BleakClientBlueZDBus":
+            return None  # its mtu_size is a warning and 23 unless _acquire_mtu() ran
+        return getattr(backend, "mtu_size", None)
 
     @property
     def backend_object(self) -> Any:
@@ -126,6 +140,7 @@ class Bt2Link:
             backend=self._backend,
         )
         self._client = client
+        self._drops_while_connecting = 0
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await client.connect()
@@ -133,15 +148,28 @@ class Bt2Link:
                 notify_char = _find_char(client, NOTIFY_SERVICE, NOTIFY_CHAR)
                 await client.start_notify(notify_char, self._on_notify)
         except TimeoutError:
+            drops = self._drops_while_connecting or 0
+            self._drops_while_connecting = None
             await self._abandon(client)
-            raise LinkError(
-                "connect_failed", f"connect + notify setup did not finish in {self.connect_timeout:.0f} s"
-            ) from None
+            detail = f"connect + notify setup did not finish in {self.connect_timeout:.0f} s"
+            if drops:
+                detail += f" ({_aborted(drops)})"
+            raise LinkError("connect_failed", detail) from None
         except BaseException:
+            self._drops_while_connecting = None
             await self._abandon(client)
             raise
+        drops, self._drops_while_connecting = self._drops_while_connecting or 0, None
+        if drops:
+            _LOGGER.warning("connected to BT-2 %s after %s", _address(self.device), _aborted(drops))
+        self._rx_since_connect = 0
+        if client.is_connected:
+            # bleak's BlueZ backend retries an aborted connect (le-connection-abort-by-local) inside
+            # connect() and reports the aborted attempt through the disconnected callback: that
+            # link is gone, this one is up.
+            self.disconnected.clear()
         self._dirty = False
-        _LOGGER.info("connected to BT-2 %s (MTU %s)", _address(self.device), getattr(client, "mtu_size", "?"))
+        _LOGGER.info("connected to BT-2 %s (MTU %s)", _address(self.device), self.mtu)
 
     async def disconnect(self) -> None:
         client, self._client = self._client, None
@@ -175,9 +203,11 @@ class Bt2Link:
             # A backend that raises on write (link dropped under us) is a lost link, not a crash.
             self._dirty = True
             self._finish_exchange(error="disconnected")
-            raise LinkLost("disconnected", f"write failed: {exc!r}") from exc
+            raise LinkLost("disconnected", f"write failed: {_explain(exc)}") from exc
         finally:
-            self._waiter = None
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and waiter.done() and not waiter.cancelled():
+                waiter.exception()  # failed by a disconnect while the write was still in flight: seen
             self._assembler = None
 
     def _timeout_error(self, request: ReadRequest) -> LinkError:
@@ -194,6 +224,13 @@ class Bt2Link:
             return LinkError(
                 "truncated",
                 f"only {len(pending)} of {request.response_length} reply bytes within {self.request_timeout} s",
+                reconnect=True,
+            )
+        if not self._rx_since_connect:
+            return LinkError(
+                "timeout",
+                f"no reply within {self.request_timeout} s, and no notification at all since connecting "
+                "(the link is up but BlueZ delivers no notifications)",
                 reconnect=True,
             )
         return LinkError("timeout", f"no reply within {self.request_timeout} s", reconnect=True)
@@ -215,6 +252,7 @@ class Bt2Link:
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         now = time.monotonic()
         self._last_rx = now
+        self._rx_since_connect += 1
         assembler, waiter = self._assembler, self._waiter
         if assembler is None or waiter is None or waiter.done():
             self.late_replies += 1
@@ -237,6 +275,8 @@ class Bt2Link:
             return
 
     def _on_disconnect(self, _client: BleakClient) -> None:
+        if self._drops_while_connecting is not None:
+            self._drops_while_connecting += 1
         self.disconnected.set()
         self._fail_waiter(LinkLost("disconnected", "BT-2 disconnected"))
 
@@ -274,3 +314,34 @@ def _find_char(client: BleakClient, service_uuid: str, char_uuid: str) -> BleakG
 
 def _address(device: BLEDevice | str) -> str:
     return device if isinstance(device, str) else device.address
+
+
+def backend_name(backend: type[BaseBleakClient] | None) -> str:
+    """The bleak client backend class that ``backend`` (None: the platform's own) stands for."""
+    if backend is not None:
+        return backend.__name__
+    try:
+        from bleak.backends.client import get_platform_client_backend_type  # noqa: PLC0415
+
+        return get_platform_client_backend_type()[0].__name__
+    except Exception:  # no backend for this platform: bleak raises when it is used
+        return "unavailable"
+
+
+def _aborted(drops: int) -> str:
+    return (
+        f"the link dropped {drops} time(s) while connecting and bleak retried: usually "
+        "le-connection-abort-by-local, RF interference or another connect in progress "
+        "(docs/troubleshooting.md#connection-aborted)"
+    )
+
+
+def _explain(exc: Exception) -> str:
+    """A BLE call's error in words (BlueZ's error name and remedy where it is a known one)."""
+    from bleak.exc import BleakError  # noqa: PLC0415
+
+    from services.reader.bluez_errors import diagnose  # noqa: PLC0415 - only on the error path
+
+    if isinstance(exc, BleakError | OSError):
+        return diagnose(exc, "adapter").message
+    return repr(exc)

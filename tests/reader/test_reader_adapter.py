@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from dbus_fast.service import ServiceInterface, dbus_property
 
 from services.ops import _bluez_check
 from services.reader.adapter import adapter_address, power_cycle
+from tests.support.bluez import private_system_bus
 
 ADDRESS = "00:1A:7D:DA:71:13"
 
@@ -54,22 +54,9 @@ class FakeAdapter1(ServiceInterface):
 
 @pytest.fixture
 def system_bus_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private dbus-daemon, made the system bus of this process."""
-    address = f"unix:path={tmp_path / 'system_bus_socket'}"
-    daemon = subprocess.Popen(
-        ["dbus-daemon", "--session", "--nofork", f"--address={address}", "--print-address"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert daemon.stdout is not None
-        printed = daemon.stdout.readline().strip()  # printed once the daemon listens
-        assert printed.startswith("unix:path="), printed
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        yield address
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
+    """A private dbus-daemon with a system-bus-like policy, made the system bus of this process."""
+    for bus in private_system_bus(tmp_path, monkeypatch):
+        yield bus.address
 
 
 @pytest.fixture
