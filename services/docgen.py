@@ -42,6 +42,7 @@ EXAMPLES: dict[str, Any] = {
     "gateway.mac": "AA:BB:CC:DD:EE:FF",
     "gateway.mdns_interface": "eth0",
     "gateway.mdns_addresses": ["192.0.2.2"],
+    "gateway.legacy_device_name": "BT-TH-E3383D0E",
 }
 
 SECTION_TITLES = {

@@ -140,6 +140,14 @@ class ReaderConfig:
         True, "RENOGY_ADAPTER_RESET", "Power-cycle the adapter through BlueZ when reconnecting does not help"
     )
     proxy: bool = setting(True, "RENOGY_PROXY", "Forward BLE advertisements for the Bluetooth proxy")
+    proxy_slots: int = setting(
+        2,
+        "RENOGY_PROXY_SLOTS",
+        "Active Bluetooth proxy: GATT connections Home Assistant may hold through the reader's adapter at "
+        "once (the BT-2's own connection is not counted; 0 = passive proxy only)",
+        minimum=0,
+        maximum=7,
+    )
     backend: str | None = setting(
         None,
         "RENOGY_BLE_BACKEND",

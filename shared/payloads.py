@@ -26,6 +26,13 @@ MAX_TEXT_VALUE: Final = 64
 STATE_CLASSES: Final = ("measurement", "total_increasing", "total", "")
 ENTITY_CATEGORIES: Final = ("diagnostic", "config", "")
 MAX_PAYLOAD: Final = 256 * 1024
+# Rated limits of one pack, beyond what the registers can hold: a Renogy LFP pack delivers a few kW at
+# most, and no BMS lets more than a few times its capacity (in A) flow. 79.9 V x 499 A passes the register
+# ranges but not these.
+MAX_PACK_POWER_W: Final = 10_000.0
+MAX_C_RATE: Final = 4.0
+# Largest magnitude a sensor value may have: ESPHome sends a float32, which turns anything larger into inf.
+MAX_SENSOR_VALUE: Final = 1e30
 
 
 class PayloadError(ValueError):
@@ -88,6 +95,15 @@ def _text(obj: Mapping[str, Any], key: str, *, limit: int = 120) -> str | None:
     return value
 
 
+def clean_text(value: str | None) -> str | None:
+    """A name or label as it may be shown and logged: control and format characters (NUL, ESC, the
+    right-to-left override, zero-width marks) removed, spaces trimmed; None when nothing is left."""
+    if value is None:
+        return None
+    cleaned = "".join(char for char in value if unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co"))
+    return cleaned.strip() or None
+
+
 def text_value_problem(value: str) -> str | None:
     """Why a string cannot be a state value (too long, control characters), or None when it can."""
     if len(value) > MAX_TEXT_VALUE:
@@ -129,6 +145,7 @@ class Reading:
     firmware: str | None = None
     status: Mapping[str, int | bool] = field(default_factory=dict)
     boot_id: str | None = None
+    mono: float | None = None  # the reader's monotonic clock at `ts`; differences within one boot_id only
 
     @property
     def power(self) -> float | None:
@@ -183,6 +200,10 @@ def parse_reading(
         registers.check_plausible(plausibility)
     except registers.BlockError as exc:
         raise PayloadError(f"implausible value: {exc}") from None
+    _check_rated(values["voltage"], values["current"], values["capacity"])
+    mono = _number(obj, "mono")
+    if mono is not None and mono < 0:
+        raise PayloadError("'mono' must be a non-negative number of seconds")
     status: dict[str, int | bool] = {}
     for key in STATUS_KEYS:
         number = _number(obj, key)
@@ -198,13 +219,28 @@ def parse_reading(
         slave_id=slave,
         complete=bool(complete),
         cycle_count=None if cycle is None else int(cycle),
-        model=_text(obj, "model", limit=32),
-        serial=_text(obj, "serial", limit=32),
-        firmware=_text(obj, "firmware", limit=16),
+        model=clean_text(_text(obj, "model", limit=32)),
+        serial=clean_text(_text(obj, "serial", limit=32)),
+        firmware=clean_text(_text(obj, "firmware", limit=16)),
         status=status,
-        boot_id=_text(obj, "boot_id", limit=64),
+        boot_id=clean_text(_text(obj, "boot_id", limit=64)),
+        mono=mono,
         **values,
     )
+
+
+def _check_rated(voltage: float | None, current: float | None, capacity: float | None) -> None:
+    """Values inside the register ranges that no pack can produce (the ranges are what 16 bits can hold)."""
+    if capacity is not None and capacity <= 0:
+        raise PayloadError(f"implausible value: capacity = {capacity} Ah (must be > 0)")
+    if current is not None and capacity is not None and abs(current) > MAX_C_RATE * capacity:
+        raise PayloadError(
+            f"implausible value: current = {current} A is more than {MAX_C_RATE:g} x the capacity {capacity} Ah"
+        )
+    if voltage is not None and current is not None and abs(voltage * current) > MAX_PACK_POWER_W:
+        raise PayloadError(
+            f"implausible value: power = {voltage * current:.0f} W exceeds a pack's {MAX_PACK_POWER_W:.0f} W"
+        )
 
 
 # --- device documents (aggregator -> gateway) -------------------------------------------------
@@ -244,9 +280,12 @@ class DeviceInfo:
     manufacturer: str | None = None
     serial: str | None = None
     via_device: str | None = None
+    # A battery's BT-2 (12 hex digits, as in readings) and Modbus slave id; absent for a bank.
+    bt2: str | None = None
+    slave_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "model": self.model,
@@ -254,6 +293,11 @@ class DeviceInfo:
             "serial": self.serial,
             "via_device": self.via_device,
         }
+        if self.bt2 is not None:
+            body["bt2"] = self.bt2
+        if self.slave_id is not None:
+            body["slave_id"] = self.slave_id
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,16 +332,18 @@ def parse_device_config(payload: bytes | bytearray | str) -> DeviceConfig:
     device_id = _text(device, "id", limit=64)
     if device_id is None or not valid_device_id(device_id):
         raise PayloadError("'device.id' must be 1-64 characters of a-z, 0-9 and '_'")
-    name = _text(device, "name")
+    name = clean_text(_text(device, "name"))
     if not name:
         raise PayloadError("missing 'device.name'")
     info = DeviceInfo(
         id=device_id,
         name=name,
-        model=_text(device, "model"),
-        manufacturer=_text(device, "manufacturer", limit=64),
-        serial=_text(device, "serial", limit=64),
+        model=clean_text(_text(device, "model")),
+        manufacturer=clean_text(_text(device, "manufacturer", limit=64)),
+        serial=clean_text(_text(device, "serial", limit=64)),
         via_device=_text(device, "via_device", limit=64),
+        bt2=_text(device, "bt2", limit=12),
+        slave_id=_slave_id(device.get("slave_id")),
     )
     raw_entities = obj.get("entities")
     if not isinstance(raw_entities, list) or len(raw_entities) > 256:
@@ -326,8 +372,8 @@ def parse_device_config(payload: bytes | bytearray | str) -> DeviceConfig:
         entities.append(
             EntitySpec(
                 key=key,
-                name=_text(raw, "name") or key,
-                unit=_text(raw, "unit", limit=32),
+                name=clean_text(_text(raw, "name")) or key,
+                unit=clean_text(_text(raw, "unit", limit=32)),
                 device_class=_text(raw, "device_class", limit=47),
                 state_class=state_class,
                 accuracy=accuracy,
@@ -337,6 +383,14 @@ def parse_device_config(payload: bytes | bytearray | str) -> DeviceConfig:
             )
         )
     return DeviceConfig(info, tuple(entities))
+
+
+def _slave_id(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 256:
+        raise PayloadError("'device.slave_id' must be an integer 1..255")
+    return value
 
 
 def parse_device_state(payload: bytes | bytearray | str) -> DeviceState:
@@ -350,7 +404,7 @@ def parse_device_state(payload: bytes | bytearray | str) -> DeviceState:
     for key, value in raw_values.items():
         if value is None or isinstance(value, bool):
             values[key] = value
-        elif isinstance(value, int | float) and math.isfinite(value):
+        elif isinstance(value, int | float) and math.isfinite(value) and abs(value) <= MAX_SENSOR_VALUE:
             values[key] = float(value)
         elif isinstance(value, str):
             problem = text_value_problem(value)
@@ -361,5 +415,8 @@ def parse_device_state(payload: bytes | bytearray | str) -> DeviceState:
                 )
             values[key] = value
         else:
-            raise PayloadError(f"values[{key[:64]!r}] must be a finite number, true/false, a string or null")
+            raise PayloadError(
+                f"values[{key[:64]!r}] must be a finite number, true/false, a string or null "
+                f"(numbers at most {MAX_SENSOR_VALUE:g} in magnitude)"
+            )
     return DeviceState(ts, values)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
 
 from services.gateway import messages as ids
 from services.gateway.framing import Frame
 from services.gateway.proto import pb
 from shared.payloads import DeviceConfig, EntitySpec, StateValue
+
+if TYPE_CHECKING:
+    from services.gateway.legacy_naming import LegacyNaming
 
 FNV_OFFSET: Final = 2166136261
 FNV_PRIME: Final = 16777619
@@ -97,8 +100,16 @@ def _device_ids(refs: list[str]) -> tuple[dict[str, int], list[str]]:
     return ids, problems
 
 
-def build_catalog(configs: Mapping[str, DeviceConfig], version: int) -> Catalog:
-    """Sub-devices in id order, entities in document order; key collisions are dropped and reported."""
+def build_catalog(
+    configs: Mapping[str, DeviceConfig], version: int, naming: LegacyNaming | None = None
+) -> Catalog:
+    """Sub-devices in id order, entities in document order; key collisions are dropped and reported.
+
+    With ``naming`` (legacy entity naming) there are no sub-devices: every entity is on the main device
+    with the key, object id and name that naming assigns.
+    """
+    if naming is not None:
+        return _legacy_catalog(configs, version, naming)
     refs = sorted(configs)
     device_ids, problems = _device_ids(refs)
     devices = tuple(SubDevice(device_ids[ref], ref, configs[ref].device.name) for ref in refs)
@@ -129,6 +140,25 @@ def build_catalog(configs: Mapping[str, DeviceConfig], version: int) -> Catalog:
         by_ref={(e.device_ref, e.spec.key): e for e in entities},
         list_frames=tuple(frames),
         flat_list_frames=tuple(flat_frames),
+        problems=tuple(problems),
+    )
+
+
+def _legacy_catalog(configs: Mapping[str, DeviceConfig], version: int, naming: LegacyNaming) -> Catalog:
+    served, problems = naming.assign(configs)
+    entities: list[Entity] = []
+    for ref in sorted(configs):
+        for spec in configs[ref].entities:
+            how = served[(ref, spec.key)]
+            entities.append(Entity(how.key, how.object_id, 0, ref, replace(spec, name=how.name)))
+    entities.sort(key=lambda entity: entity.key if entity.key < 100_000 else 100_000)
+    frames = (*(list_frame(entity) for entity in entities), Frame(ids.LIST_DONE, b""))
+    return Catalog(
+        version=version,
+        entities=tuple(entities),
+        by_ref={(e.device_ref, e.spec.key): e for e in entities},
+        list_frames=frames,
+        flat_list_frames=frames,  # already flat: one device
         problems=tuple(problems),
     )
 

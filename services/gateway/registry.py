@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from services.gateway.entities import Catalog, Entity, Value, build_catalog, state_frame
 from services.gateway.framing import Frame
+from services.gateway.legacy_naming import LegacyNaming
 from shared.payloads import DeviceConfig, DeviceState
 
 _LOGGER = logging.getLogger(__name__)
@@ -18,7 +19,8 @@ CatalogListener = Callable[[Catalog], None]
 class Registry:
     """Device documents and state documents in, a Catalog and state messages out."""
 
-    def __init__(self) -> None:
+    def __init__(self, naming: LegacyNaming | None = None) -> None:
+        self._naming = naming
         self._configs: dict[str, DeviceConfig] = {}
         self._values: dict[str, dict[str, Value]] = {}
         self._frames: dict[int, Frame] = {}
@@ -75,6 +77,13 @@ class Registry:
                     listener(flat)
         return changed
 
+    def expire(self, ref: str) -> list[Frame]:
+        """Every value of a device becomes unknown (no fresh state document for stale_after)."""
+        values = self._values.get(ref)
+        if not values or all(value is None for value in values.values()):
+            return []
+        return self.set_state(ref, DeviceState(0.0, dict.fromkeys(values)))
+
     def value(self, ref: str, key: str) -> Value:
         return self._values.get(ref, {}).get(key)
 
@@ -85,7 +94,7 @@ class Registry:
         return list(self._frames.values())
 
     def _rebuild(self) -> None:
-        catalog = build_catalog(self._configs, self.catalog.version + 1)
+        catalog = build_catalog(self._configs, self.catalog.version + 1, self._naming)
         for problem in catalog.problems:
             _LOGGER.error("%s", problem)
         self.catalog = catalog

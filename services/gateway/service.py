@@ -11,9 +11,11 @@ from typing import Any
 from services.gateway.bluetooth import BluetoothHub, mode_request_payload
 from services.gateway.connection import Keepalive, Limits
 from services.gateway.discovery import Discovery
+from services.gateway.entities import fnv1_32
 from services.gateway.identity import resolve_node_mac
 from services.gateway.inbound import Inbound
 from services.gateway.keystore import KeyStore
+from services.gateway.legacy_naming import LegacyNaming
 from services.gateway.logs import LogFanout
 from services.gateway.mdns import MdnsAnnouncer, build_txt
 from services.gateway.registry import Registry
@@ -26,6 +28,13 @@ _LOGGER = logging.getLogger(__name__)
 HEALTH_INTERVAL = 30.0
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 2
+
+
+def legacy_naming(config: Config) -> LegacyNaming | None:
+    """The legacy entity naming when gateway.entity_naming is "legacy" (docs/migrating.md)."""
+    if config.gateway.entity_naming != "legacy":
+        return None
+    return LegacyNaming(config.gateway.legacy_device_name, hash_key=fnv1_32)
 
 
 class GatewayStartError(RuntimeError):
@@ -70,9 +79,15 @@ class Gateway:
         self.key_announce_timeout = key_announce_timeout
         self.health_interval = health_interval
         self.runtime = ServiceRuntime(config, "gateway", config.gateway.instance, on_message=self._on_message)
-        self.registry = Registry()
+        self.registry = Registry(legacy_naming(config))
         self.bluetooth = BluetoothHub(flush_interval=flush_interval, on_mode_request=self._on_mode_request)
-        self.inbound = Inbound(self.runtime.topics, config.reader.instance, self.registry, self.bluetooth)
+        self.inbound = Inbound(
+            self.runtime.topics,
+            config.reader.instance,
+            self.registry,
+            self.bluetooth,
+            stale_after=config.aggregator_stale_after,
+        )
         self.keystore = KeyStore(config.gateway.api_key, config.state_dir, config.gateway.instance)
         self.discovery: Discovery | None = None
         if config.gateway.discovery:
@@ -109,6 +124,11 @@ class Gateway:
             source,
             self.keystore.source.value,
         )
+        if cfg.entity_naming == "legacy":
+            _LOGGER.info(
+                "legacy entity naming: the object ids of jorik41/renogy-bt on one device (alias %s)",
+                cfg.legacy_device_name or "from each battery's BT-2",
+            )
         loop = asyncio.get_running_loop()
         if self._want_logs:
             self.log_fanout = LogFanout(loop)
