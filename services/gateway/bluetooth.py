@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from services.gateway import messages as ids
 from services.gateway.adparse import legacy_advert_message
@@ -20,6 +20,9 @@ from services.gateway.framing import Frame
 from services.gateway.proto import pb
 from shared.payloads import PayloadError, dumps, loads_object
 from shared.topics import SCHEMA
+
+if TYPE_CHECKING:
+    from services.gateway.gatt_proxy import GattProxy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -198,11 +201,18 @@ class BluetoothHub:
         self._pending: list[RawAdvert] = []
         self._timer: asyncio.TimerHandle | None = None
         self.address_listeners: list[Callable[[str], None]] = []
+        # The active proxy (GATT connections through the reader), None for a passive-only proxy.
+        self.gatt: GattProxy | None = None
         self.adapter_address: str | None = None
         self.received = 0
         self.forwarded = 0
         self.dropped = 0
         self.batches = 0
+
+    @property
+    def feature_flags(self) -> int:
+        """DeviceInfo / DeviceCapabilities flags: passive, plus the active proxy's when it is on."""
+        return FEATURE_FLAGS | (self.gatt.feature_flags if self.gatt is not None else 0)
 
     def subscribe(self, subscriber: AdvertSubscriber, *, legacy: bool = False) -> None:
         """Add a subscriber and tell it the scanner state at once (bleak-esphome waits for it)."""
@@ -267,6 +277,8 @@ class BluetoothHub:
         self._pending.clear()
         self.subscribers.clear()
         self.legacy_subscribers.clear()
+        if self.gatt is not None:
+            self.gatt.close()
 
     def _send(self, chunk: list[RawAdvert]) -> None:
         if not self.subscribers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import re
 import socket
@@ -246,6 +247,10 @@ class ApiConnection(asyncio.Protocol):
             ids.SET_KEY_REQUEST: self._on_set_key,
             ids.CAPABILITIES_REQUEST: self._on_capabilities,
         }
+        gatt = node.bluetooth.gatt
+        if gatt is not None:  # the active Bluetooth proxy (services/gateway/gatt_proxy.py)
+            for msg_type in gatt.request_types:
+                self._handlers[msg_type] = functools.partial(gatt.handle, self, msg_type)
 
     @property
     def closing(self) -> bool:
@@ -326,6 +331,8 @@ class ApiConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self.node.bluetooth.unsubscribe(self)
+        if self.node.bluetooth.gatt is not None:
+            self.node.bluetooth.gatt.client_gone(self)
         if self.node.logs is not None:
             self.node.logs.unsubscribe(self)
         if self.provisioned_key:
@@ -579,6 +586,9 @@ class ApiConnection(asyncio.Protocol):
         self.node.bluetooth.unsubscribe(self)
 
     def _on_bt_connections_free(self, payload: bytes) -> None:
+        if self.node.bluetooth.gatt is not None:
+            self.node.bluetooth.gatt.subscribe_free(self)
+            return
         # Passive proxy: no connection slots (HA never routes GATT connections here).
         msg = pb.BluetoothConnectionsFreeResponse(free=0, limit=0)
         self.send_frames([frame_of(msg)])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from services.gateway import messages as ids
-from services.gateway.bluetooth import FEATURE_FLAGS, BluetoothHub
+from services.gateway.bluetooth import BluetoothHub
 from services.gateway.connection import ApiConnection, Codec, ConnectionState, Counters, Keepalive, Limits
 from services.gateway.entities import Catalog
 from services.gateway.framing import Frame, PlainCodec
@@ -177,7 +177,7 @@ class GatewayServer:
             manufacturer=node.manufacturer[:20],
             project_name=node.project_name,
             project_version=node.project_version,
-            bluetooth_proxy_feature_flags=FEATURE_FLAGS,
+            bluetooth_proxy_feature_flags=self.bluetooth.feature_flags,
             bluetooth_mac_address=self.bluetooth_mac,
             api_encryption_supported=True,
         )
@@ -188,7 +188,7 @@ class GatewayServer:
 
     def capabilities_frame(self) -> Frame:
         msg = pb.DeviceCapabilitiesResponse()
-        msg.bluetooth_proxy.feature_flags = FEATURE_FLAGS
+        msg.bluetooth_proxy.feature_flags = self.bluetooth.feature_flags
         msg.bluetooth_proxy.mac_address = self.bluetooth_mac
         return Frame(ids.CAPABILITIES_RESPONSE, msg.SerializeToString())
 

@@ -12,6 +12,7 @@ from services.gateway.bluetooth import BluetoothHub, mode_request_payload
 from services.gateway.connection import Keepalive, Limits
 from services.gateway.discovery import Discovery
 from services.gateway.entities import fnv1_32
+from services.gateway.gatt_proxy import GattProxy
 from services.gateway.identity import resolve_node_mac
 from services.gateway.inbound import Inbound
 from services.gateway.keystore import KeyStore
@@ -88,6 +89,15 @@ class Gateway:
             self.bluetooth,
             stale_after=config.aggregator_stale_after,
         )
+        self.gatt_proxy: GattProxy | None = None
+        if config.reader.proxy and config.reader.proxy_slots > 0:  # active proxy through the reader
+            self.gatt_proxy = GattProxy(
+                topics=self.runtime.topics,
+                reader_instance=config.reader.instance,
+                owner=f"{config.gateway.instance}/{self.runtime.boot_id}",
+                publish=lambda topic, payload: self.runtime.mqtt.publish(topic, payload, qos=1),
+            )
+            self.bluetooth.gatt = self.gatt_proxy
         self.keystore = KeyStore(config.gateway.api_key, config.state_dir, config.gateway.instance)
         self.discovery: Discovery | None = None
         if config.gateway.discovery:
@@ -159,7 +169,9 @@ class Gateway:
                 f"cannot listen on {cfg.bind}:{cfg.api_port} ({exc.strerror or exc}); check gateway.bind / "
                 "RENOGY_API_BIND and gateway.api_port / RENOGY_API_PORT"
             ) from None
-        for topic_filter, qos in self.inbound.filters + (self.discovery.filters if self.discovery else []):
+        proxy_filters = self.gatt_proxy.filters if self.gatt_proxy is not None else []
+        discovery_filters = self.discovery.filters if self.discovery else []
+        for topic_filter, qos in self.inbound.filters + proxy_filters + discovery_filters:
             self.runtime.mqtt.subscribe(topic_filter, qos)
         await self.runtime.start()
         if cfg.mdns:
@@ -201,6 +213,9 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         body = self.server.health() if self.server is not None else {}
         body["bad_payloads"] = self.inbound.bad_payloads
+        if self.gatt_proxy is not None:
+            body.update(self.gatt_proxy.health())
+            body["bad_payloads"] += self.gatt_proxy.bad_payloads
         body["api_port"] = self.port
         return body
 
@@ -250,6 +265,8 @@ class Gateway:
             await self.mdns.update(self._txt())
 
     def _on_message(self, message: Any) -> None:
+        if self.gatt_proxy is not None and self.gatt_proxy.handle_message(message):
+            return
         self.inbound.handle(message)
         if self.discovery is not None:
             self.discovery.handle(message)

@@ -2,6 +2,10 @@
 
 BlueZ discovery can hang or silently stop (a known failure of long-running scanners), so start and
 stop have deadlines, and a watchdog restarts the scanner when no advertisement arrived for a while.
+
+Airtime (services/reader/airtime.py) can *hold* the scanner: while any hold is in place it is stopped
+(state ``idle``, as ESPHome's tracker reports between scan windows), except while ``find_bt2`` waits for
+the BT-2, which needs the radio; the watchdog leaves a held scanner alone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
 from services.reader.bluez_errors import Diagnosis
+from shared.registers import Family, family_for_advertisement
 from shared.service import RepeatFilter
 
 _LOGGER = logging.getLogger(__name__)
@@ -34,6 +39,7 @@ class Sighting:
     name: str
     rssi: int
     seen_at: float
+    family: Family = Family.BT2  # what the advertisement says the pack is (shared.registers)
 
 
 class Scanner:
@@ -67,9 +73,50 @@ class Scanner:
         self.restarts = 0
         self.state = "stopped"
         self._log = RepeatFilter(_LOGGER)
+        # Airtime holds (reasons the scanner rests), searches that need it anyway, and the last scanner a
+        # hold stopped (the active proxy still finds the devices it saw). One transition at a time.
+        self._holds: set[str] = set()
+        self._demand = 0
+        self._rested: BleakScanner | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def held(self) -> bool:
+        """True while an airtime hold keeps the scanner stopped (no search needs it right now)."""
+        return bool(self._holds) and self._demand == 0
+
+    async def hold(self, reason: str) -> None:
+        """Stop scanning (state 'idle') until every hold is released; a no-op for a reason already held."""
+        self._holds.add(reason)
+        await self._apply()
+
+    async def release(self, reason: str) -> None:
+        """Drop one hold; the last one starts the scanner again (a no-op for a reason not held)."""
+        if reason in self._holds:
+            self._holds.discard(reason)
+            await self._apply()
+
+    def drop(self, reason: str) -> None:
+        """Forget a hold without starting the scanner (the holder is shutting down)."""
+        self._holds.discard(reason)
+
+    async def _apply(self) -> None:
+        """Bring the scanner in line with the holds: stop it while held, start what a hold stopped."""
+        async with self._lock:
+            if self.held and self._scanner is not None:
+                await self._stop("idle")
+            elif not self.held and self._scanner is None and self.state == "idle":
+                await self._start()
 
     async def start(self) -> bool:
         """Start scanning; False (logged, state 'failed') when the adapter refuses or hangs."""
+        async with self._lock:
+            if self.held:
+                self._set_state("idle")
+                return True
+            return await self._start()
+
+    async def _start(self) -> bool:
         self._set_state("starting")
         kwargs: dict[str, Any] = {"scanning_mode": self.mode, "backend": self._backend}
         if self._backend is None:
@@ -97,6 +144,13 @@ class Scanner:
         return True
 
     async def stop(self) -> None:
+        async with self._lock:
+            self._rested = None
+            if self.state == "idle":
+                self._set_state("stopped")
+            await self._stop("stopped")
+
+    async def _stop(self, final: str) -> None:
         scanner, self._scanner = self._scanner, None
         if scanner is None:
             return
@@ -106,14 +160,24 @@ class Scanner:
                 await scanner.stop()
         except Exception as exc:
             _LOGGER.debug("scanner stop did not complete cleanly: %r", exc)
-        self._set_state("stopped")
+        if final == "idle":
+            self._rested = scanner
+        self._set_state(final)
 
     async def restart(self, mode: Mode | None = None) -> bool:
-        if mode is not None:
-            self.mode = self.configured_mode = mode
-        self.restarts += 1
-        await self.stop()
-        return await self.start()
+        """Stop and start again (in ``mode`` when given); a held scanner only takes the mode and stays idle."""
+        async with self._lock:
+            if mode is not None:
+                self.mode = self.configured_mode = mode
+            self.restarts += 1
+            if self.held:
+                if self._scanner is not None:
+                    await self._stop("idle")
+                else:
+                    self._set_state("idle")  # tells the gateway the new mode
+                return True
+            await self._stop("stopped")
+            return await self._start()
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Restart the scanner when it went silent or failed; runs until stop is set."""
@@ -123,6 +187,8 @@ class Scanner:
                 await asyncio.wait_for(stop.wait(), period)
             if stop.is_set():
                 return
+            if self.held or self.state == "idle":
+                continue  # resting on purpose; starting it again resets the silence clock
             silent_for = time.monotonic() - self._last_advert
             if self._scanner is None or silent_for > self.watchdog_after:
                 # Once per streak: a scanner that cannot start (no D-Bus socket) must not flood the log.
@@ -138,16 +204,39 @@ class Scanner:
     async def find_bt2(self, *, address: str | None, name: str | None, timeout: float) -> Sighting | None:
         """Wait until a matching BT-2 advertises (first BT-TH-* when neither address nor name is given)."""
         deadline = time.monotonic() + timeout
-        while True:
-            sighting = self._match(address, name)
-            if sighting is not None:
-                return sighting
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._found.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._found.wait(), remaining)
+        sighting = self._match(address, name)
+        if sighting is not None or timeout <= 0:
+            return sighting
+        resting = bool(self._holds)
+        self._demand += 1
+        try:
+            if resting:
+                await self._apply()  # a held scanner scans while the BT-2 is searched for
+            while True:
+                sighting = self._match(address, name)
+                if sighting is not None:
+                    return sighting
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._found.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._found.wait(), remaining)
+        finally:
+            self._demand -= 1
+            if self._holds:
+                await self._apply()
+
+    def device(self, address: str) -> BLEDevice | None:
+        """The scanner's last sighting of ``address`` (what the Bluetooth proxy connects to), if any."""
+        wanted = address.upper()
+        for scanner in (self._scanner, self._rested):
+            if scanner is None:
+                continue
+            for key, (device, _adv) in scanner.discovered_devices_and_advertisement_data.items():
+                if key.upper() == wanted:
+                    return device
+        return None
 
     def _match(self, address: str | None, name: str | None) -> Sighting | None:
         candidates = sorted(self.bt2_sightings.values(), key=lambda s: -s.seen_at)
@@ -161,8 +250,13 @@ class Scanner:
     def _detected(self, device: BLEDevice, adv: AdvertisementData) -> None:
         self._last_advert = time.monotonic()
         name = (adv.local_name or device.name or "").strip()
-        if name.startswith(BT2_PREFIX) or name.upper().startswith(("RNGRBP", "RNGC")):
-            self.bt2_sightings[device.address.upper()] = Sighting(device, name, adv.rssi, time.time())
+        key = device.address.upper()
+        if not name and key in self.bt2_sightings:
+            name = self.bt2_sightings[key].name  # a later advertisement without the name (passive scan)
+        # BT-TH-*, the Pro packs RNGRBP*/RNGC*/RNGPRO*, and a pack showing only Renogy's 0xE14C id.
+        family = family_for_advertisement(name, adv.manufacturer_data)
+        if family is not None:
+            self.bt2_sightings[key] = Sighting(device, name, adv.rssi, time.time(), family)
             self._found.set()
         if self._on_advertisement is not None:
             self._on_advertisement(device, adv)

@@ -22,9 +22,11 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
 from services.reader import adapter as adapter_ops
 from services.reader.advertisements import AdvertisementBatcher, RawAdvertisement, address_type, encode_ad
+from services.reader.airtime import Airtime
 from services.reader.bluez_errors import diagnose
 from services.reader.link import Bt2Link, Exchange, LinkError, backend_name
 from services.reader.outbox import Outbox, capacity_for
+from services.reader.proxy_connections import ProxyConnections
 from services.reader.readings import BatteryCycle, Identity
 from services.reader.recovery import Action, Backoff, Watchdog
 from services.reader.scanner import Scanner
@@ -53,6 +55,8 @@ class Backends:
     scanner: type[BaseBleakScanner] | None
     adapter_address: str | None = None
     simulator: Any = None
+    # The backend of proxied GATT connections (active Bluetooth proxy) when it is not ``client``.
+    proxy_client: type[BaseBleakClient] | None = None
 
 
 def load_class(spec: str) -> type[Any]:
@@ -120,6 +124,20 @@ class Reader:
             on_advertisement=self._on_advertisement if self.cfg.proxy else None,
             on_state=self._publish_scanner_state,
         )
+        self.airtime = Airtime.from_config(self.scanner, self.cfg)  # reader.scan_duty, pause_during_reads
+        # The active Bluetooth proxy: GATT connections for Home Assistant through this adapter.
+        self.proxy: ProxyConnections | None = None
+        if self.cfg.proxy and self.cfg.proxy_slots > 0:
+            self.proxy = ProxyConnections(
+                slots=self.cfg.proxy_slots,
+                backend=backends.proxy_client or backends.client,
+                find_device=self.scanner.device,
+                publish=lambda topic, payload, qos, retain: self.runtime.mqtt.publish(
+                    topic, payload, qos=qos, retain=retain
+                ),
+                topics=self.topics,
+                instance=self.cfg.instance,
+            )
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -139,18 +157,26 @@ class Reader:
     async def start(self) -> None:
         """Connect to MQTT (in the background), open the capture file, start scanning."""
         self.runtime.mqtt.subscribe(self.topics.scanner_set(self.cfg.instance))
+        if self.proxy is not None:
+            for topic_filter, qos in self.proxy.filters:
+                self.runtime.mqtt.subscribe(topic_filter, qos)
+            self.proxy.start()
         await self.runtime.start()
         if self.cfg.capture_file is not None:
             self._capture = _open_capture(self.cfg.capture_file)
         if self.adapter_address is None and self.backends.client is None:
             self.adapter_address = await adapter_ops.adapter_address(self.cfg.adapter)
         await self.scanner.start()
+        self.airtime.start(self.runtime.stop_event)
         # At once, so `healthcheck reader` and `status` see an adapter that cannot work before a cycle ends.
         self._publish_health()
 
     async def shutdown(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.close()
         if self.link is not None:
             await self.link.disconnect()
+        await self.airtime.close()
         await self.scanner.stop()
         self._flush_adverts()
         self._publish_health()
@@ -206,6 +232,11 @@ class Reader:
     # --- one cycle ---------------------------------------------------------------------------------
 
     async def cycle(self) -> int:
+        """Read every battery once (the scanner paused meanwhile with reader.pause_during_reads)."""
+        async with self.airtime.reading():
+            return await self._read_cycle()
+
+    async def _read_cycle(self) -> int:
         """Read every battery once; returns the number of batteries with at least one good block."""
         started = time.monotonic()
         self._cycle_floor, self._floor_known = 0.0, True
@@ -286,7 +317,7 @@ class Reader:
             try:
                 response = await self.link.request(request)
                 received_at = time.time()
-                values = registers.decode_checked(start, response.registers, family=self._family())
+                values, dropped = registers.decode_screened(start, response.registers, family=self._family())
             except LinkError as exc:
                 action = "; reconnecting" if exc.reconnect else ""
                 self._request_failed(
@@ -311,9 +342,25 @@ class Reader:
                 continue
             self.stats.request_ok(slave, received_at)
             self._log.success(f"{slave}")
+            self._log_dropped(slave, start, words, dropped)
             self._add_floor(words)
             return response, values, received_at
         return None
+
+    def _log_dropped(self, slave: int, start: int, words: int, dropped: list[str]) -> None:
+        """One sensor outside its range is published as null, the rest of the block as read (once per streak)."""
+        key = f"{slave}:sensors:{start}"
+        if not dropped:
+            self._log.success(key)
+            return
+        self._log.failure(
+            key,
+            "battery %s: read %sx%s: %s; published as null, the other values as read",
+            slave,
+            start,
+            words,
+            "; ".join(dropped),
+        )
 
     def _request_failed(self, slave: int, kind: str, message: str, attempt: int, attempts: int) -> None:
         self.stats.request_failed(slave, kind)
@@ -331,8 +378,8 @@ class Reader:
 
     def _family(self) -> registers.Family:
         scale = self.cfg.current_scale
-        if scale == "0.01":
-            return registers.Family.BT2
+        if scale == "0.01":  # an RNGPRO pack is 0.01 A too, and keeps its family's alarm rule
+            return registers.Family.RNGPRO if self.family is registers.Family.RNGPRO else registers.Family.BT2
         if scale == "0.1":
             return registers.Family.PRO
         return self.family
@@ -354,6 +401,8 @@ class Reader:
                 return False
             if self.link is not None:
                 await self.link.disconnect()
+            if self.proxy is not None:
+                await self.proxy.yield_adapter()  # a pending proxied connect must not hold up the BT-2's
             self.link = Bt2Link(
                 device,
                 backend=self.backends.client,
@@ -414,7 +463,7 @@ class Reader:
         if sighting is not None:
             self.rssi = sighting.rssi
             self.bt2_name = sighting.name
-            self.family = registers.family_for_name(sighting.name)
+            self.family = sighting.family
             self._set_bt2(sighting.device.address)
             return sighting.device
         if cfg.bt2_address:
@@ -463,8 +512,10 @@ class Reader:
                 "mode": self.scanner.mode,
                 "restarts": self.scanner.restarts,
                 "advertisements": self._batcher.seen,
+                **self.airtime.health(),
             },
             "late_replies": self.link.late_replies if self.link else 0,
+            "proxy": self.proxy.health() if self.proxy is not None else None,
             "outbox": self._outbox.health() if self._outbox is not None else None,
             # What `healthcheck reader` judges: can it use the adapter, and how long without a good reading.
             "adapter_problem": self._adapter_problem(),
@@ -517,6 +568,8 @@ class Reader:
             self.runtime.mqtt.publish(self.topics.advertisements(self.cfg.instance), dumps(body), qos=0)
 
     def _on_message(self, message: Message) -> None:
+        if self.proxy is not None and self.proxy.handle(message):
+            return
         if message.topic != self.topics.scanner_set(self.cfg.instance) or message.retain:
             return
         try:

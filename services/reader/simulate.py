@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from services.simulator import BankSimulator, SimBT2Client, SimConfig, SimScanner, register_simulator
+from services.simulator.devices import SimPeripheralClient
 from shared.config import Config
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def simulator_backends(config: Config) -> Backends:
 
     sim = simulator_for_config(config)
     register_simulator(sim)
-    return Backends(SimBT2Client, SimScanner, SIM_ADAPTER_ADDRESS, sim)
+    return Backends(SimBT2Client, SimScanner, SIM_ADAPTER_ADDRESS, sim, proxy_client=SimPeripheralClient)
 
 
 def start_default_simulator(config: Config | None = None) -> tuple[BankSimulator, type[SimScanner]]:

@@ -15,6 +15,7 @@ from bleak.backends.scanner import AdvertisementDataCallback, BaseBleakScanner
 
 from .adverts import Neighbourhood, SimAdvertisement, bt2_advertisement
 from .bank import BankSimulator
+from .devices import SimPeripheral, registered_peripherals
 from .registry import registered_simulators
 
 _LOGGER = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class SimScanner(BaseBleakScanner):
         self._task: asyncio.Task[None] | None = None
         self._hoods: dict[int, _SimNeighbourhood] = {}
         self._rng = random.Random("scanner")
+        self._peripherals: dict[int, tuple[SimPeripheral, _Source]] = {}
         self.emitted: deque[SimAdvertisement] = deque(maxlen=1_000)
 
     async def start(self) -> None:
@@ -149,7 +151,25 @@ class SimScanner(BaseBleakScanner):
                         self._emit(source)
                         source.next_due = now + interval * source.interval_factor
                     next_due = min(next_due, source.next_due)
+            for peripheral, source in self._peripheral_sources():
+                if source.next_due <= now:
+                    self._emit(source)
+                    source.next_due = now + max(MIN_ADVERT_INTERVAL, peripheral.advert_interval)
+                next_due = min(next_due, source.next_due)
             await asyncio.sleep(max(0.0, next_due - loop.time()))
+
+    def _peripheral_sources(self) -> list[tuple[SimPeripheral, _Source]]:
+        """Registered connectable peripherals (services.simulator.devices), unless ``simulators=`` was given."""
+        if self._fixed is not None:
+            return []
+        out = []
+        for peripheral in registered_peripherals():
+            entry = self._peripherals.get(id(peripheral))
+            if entry is None or entry[0] is not peripheral:
+                source = _Source(peripheral.address, 1.0, peripheral.advertisement, peripheral.rssi, peripheral)
+                entry = self._peripherals[id(peripheral)] = (peripheral, source)
+            out.append(entry)
+        return out
 
     def _emit(self, source: _Source) -> None:
         advert = source.make(_rssi(self._rng, source.base_rssi))

@@ -102,8 +102,13 @@ def _check_device_info(info: Any) -> None:
     # (esphome/manager.py _async_setup_device_registry): they must read the same as the fields.
     manufacturer, model = info.project_name.split(".")
     assert (manufacturer, model) == (info.manufacturer, info.model)
+    # Active proxy on (reader.proxy_slots 2 by default): ACTIVE_CONNECTIONS needs REMOTE_CACHING, or
+    # aioesphomeapi refuses to connect; PAIRING is implemented, CACHE_CLEARING is not (BlueZ's cache).
     assert info.bluetooth_proxy_feature_flags == (
         BluetoothProxyFeature.PASSIVE_SCAN
+        | BluetoothProxyFeature.ACTIVE_CONNECTIONS
+        | BluetoothProxyFeature.REMOTE_CACHING
+        | BluetoothProxyFeature.PAIRING
         | BluetoothProxyFeature.RAW_ADVERTISEMENTS
         | BluetoothProxyFeature.FEATURE_STATE_AND_MODE
     )

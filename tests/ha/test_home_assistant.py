@@ -537,7 +537,7 @@ async def test_devices_and_entities(session: Session) -> None:
 
 
 async def test_bluetooth_scanner_and_advertisements(session: Session) -> None:
-    """HA registers the proxy's passive scanner and receives the simulator's advertisements through it."""
+    """HA registers the proxy's connectable scanner (2 slots) and receives the simulator's advertisements."""
     async with session.ha.websocket() as ws:
         scanners_q = await ws.subscribe("bluetooth/subscribe_scanner_details")
         t = time.monotonic()
@@ -555,7 +555,19 @@ async def test_bluetooth_scanner_and_advertisements(session: Session) -> None:
             f"expected one scanner with the reader's adapter address (not the node MAC {session.mac}): {scanners}"
         )
         scanner = remote[0]
-        assert scanner.get("connectable") is False, f"passive proxy registered as connectable: {scanner}"
+        # Active proxy (reader.proxy_slots 2): connectable, with the reader's two connection slots free.
+        assert scanner.get("connectable") is True, f"active proxy not registered as connectable: {scanner}"
+        allocations_q = await ws.subscribe("bluetooth/subscribe_connection_allocations")
+        allocations: dict[str, Any] | None = None
+        deadline = time.monotonic() + 15
+        while allocations is None and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                event = await asyncio.wait_for(allocations_q.get(), deadline - time.monotonic())
+                for item in event if isinstance(event, list) else [event]:
+                    if isinstance(item, dict) and item.get("source") == scanner["source"]:
+                        allocations = item
+        session.note(f"connection slots: {allocations}")
+        assert allocations and allocations["slots"] == 2 and allocations["free"] == 2, allocations
 
         adverts_q = await ws.subscribe("bluetooth/subscribe_advertisements")
         seen: dict[str, dict[str, Any]] = {}
