@@ -59,6 +59,7 @@ class MosquittoBroker:
                 "persistence false",
                 "max_queued_messages 0",
                 "max_inflight_messages 100",
+                "set_tcp_nodelay true",  # as deploy/mosquitto/mosquitto.conf
                 f"log_dest file {self.workdir / 'mosquitto.log'}",
                 "log_type error",
                 "log_type warning",
