@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from shared.config import Config, ConfigError, load_config
-from shared.service import VERSION, setup_logging
+from shared.logsetup import setup_logging, version
 
 CONFIG_ENV = "RENOGY_CONFIG"
 
@@ -298,13 +298,20 @@ def _setting_defaults(parser: argparse.ArgumentParser) -> None:
         action.help += f" (default {shown}; env {info.env})"
 
 
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata is ~3 MB for every other command)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        parser.exit(message=f"{parser.prog} {version()}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="renogy-proxy",
         description="Renogy smart batteries behind a BT-2 -> MQTT -> Home Assistant (ESPHome native API).",
         epilog="`renogy-proxy COMMAND --help` describes each command, its defaults and examples.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = _command(sub, "run", "broker (if needed) + reader + aggregator + gateway under a supervisor")
@@ -353,9 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--slave", type=int, default=None, help="expected slave id (default: any)")
     decode.add_argument(
         "--family",
-        choices=("bt2", "pro"),
+        choices=("bt2", "pro", "rngpro"),
         default="bt2",
-        help="current scale: bt2 = 0.01 A (default), pro = 0.1 A",
+        help="battery family: bt2 = 0.01 A (default), pro (RNGRBP*/RNGC*) = 0.1 A, "
+        "rngpro (RNGPRO*) = 0.01 A without the alarm words",
     )
 
     scan = _command(sub, "scan", "list nearby BT-2 modules")

@@ -38,15 +38,23 @@ def decode_frame(
         raise ValueError("; ".join(errors))
     if len(response.frame) != len(frame):
         raise ValueError(f"{len(frame) - len(response.frame)} extra bytes after the frame")
-    fam = registers.Family.PRO if family == "pro" else registers.Family.BT2
-    values = registers.decode_block(register, response.registers, family=fam)
+    fam = registers.Family(family)
+    try:
+        values = registers.decode_block(register, response.registers, family=fam)
+    except registers.BlockError as exc:
+        raise ValueError(f"{exc}: is this the reply to another register?") from None
     if not values:
-        raise ValueError(f"no mapped field lies wholly inside {register}..{register + words - 1}")
+        raise ValueError(f"no mapped field starts inside {register}..{register + words - 1}")
+    # As the reader does: a sensor outside its range is null (named in the warnings), the rest stays.
+    warnings = registers.screen_sensors(values)
+    warnings += registers.consistency_warnings(register, words, values)
     result: dict[str, Any] = {"slave_id": response.slave, "register": register, "words": words, **values}
     try:
         registers.check_plausible(values)
     except registers.BlockError as exc:
         result["implausible"] = str(exc)
+    if warnings:
+        result["warnings"] = warnings
     return result
 
 

@@ -72,14 +72,18 @@ def _number(obj: Mapping[str, Any], key: str, *, required: bool = False) -> floa
     return float(value)
 
 
-def _number_list(obj: Mapping[str, Any], key: str) -> tuple[float, ...] | None:
+def _number_list(obj: Mapping[str, Any], key: str) -> tuple[float | None, ...] | None:
+    """A sensor series; a null item is a sensor the reader dropped (outside its range), the rest count."""
     value = obj.get(key)
     if value is None:
         return None
     if not isinstance(value, list) or len(value) > 32:
         raise PayloadError(f"{key!r} must be a list of at most 32 numbers")
-    out = []
+    out: list[float | None] = []
     for item in value:
+        if item is None:
+            out.append(None)
+            continue
         if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
             raise PayloadError(f"{key!r} holds a non-numeric or non-finite item")
         out.append(float(item))
@@ -138,8 +142,8 @@ class Reading:
     remaining_charge: float | None = None
     capacity: float | None = None
     cycle_count: int | None = None
-    cell_voltages: tuple[float, ...] | None = None
-    temperatures: tuple[float, ...] | None = None
+    cell_voltages: tuple[float | None, ...] | None = None  # None items: sensors dropped by the reader
+    temperatures: tuple[float | None, ...] | None = None
     model: str | None = None
     serial: str | None = None
     firmware: str | None = None

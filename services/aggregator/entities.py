@@ -92,7 +92,41 @@ BATTERY: Final[tuple[Entity[BatteryView], ...]] = (
         "time_to_empty", "Time to empty", "h", "duration", MEAS, 1, lambda b: b.time_to_empty, extended=True
     ),
     Entity(
+        "temperature_average",
+        "Temperature",
+        "°C",
+        "temperature",
+        MEAS,
+        1,
+        lambda b: b.temperature_average,
+        extended=True,
+    ),
+    Entity(
+        "charging",
+        "Charging",
+        None,
+        "battery_charging",
+        None,
+        0,
+        lambda b: b.charging,
+        extended=True,
+        platform="binary_sensor",
+    ),
+    Entity(
         "alarm", "Alarm", None, "problem", None, 0, lambda b: b.alarm, extended=True, platform="binary_sensor"
+    ),
+    Entity(
+        "problems",
+        "Problems",
+        None,
+        None,
+        None,
+        0,
+        lambda b: b.problem_text,
+        extended=True,
+        icon="mdi:alert-circle-outline",
+        category=DIAG,
+        platform="text_sensor",
     ),
     Entity(
         "fully_charged",

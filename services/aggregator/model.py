@@ -8,6 +8,7 @@ from typing import Any
 
 from services.aggregator.energy import EnergyCounter
 from shared.payloads import Reading, StateValue
+from shared.registers import problems
 
 READING_FIELDS = (
     "voltage",
@@ -19,9 +20,33 @@ READING_FIELDS = (
     "temperatures",
 )
 IDENTITY_FIELDS = ("model", "serial", "firmware")  # static facts of a pack: kept, never stale
-ALARM_KEYS = ("other_alarms", "cell_voltage_alarms", "cell_temperature_alarms")
 MIN_CURRENT = 0.1  # A; below this, time to full/empty is unknown rather than practically infinite
 Value = StateValue
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """When a reading was taken: the reader's wall time, boot and monotonic time (for ordering), and
+    `at`, the same moment on the aggregator's monotonic clock (for freshness, whatever the wall clocks do).
+    """
+
+    ts: float
+    at: float
+    boot: str | None = None
+    mono: float | None = None
+
+    def not_older_than(self, held: Stamp) -> bool:
+        """Whether a reading with this stamp may replace a value held with `held`."""
+        if (
+            self.boot is not None
+            and self.boot == held.boot
+            and self.mono is not None
+            and held.mono is not None
+        ):
+            return self.mono >= held.mono
+        if self.boot is not None and held.boot is not None and self.boot != held.boot:
+            return True  # the reader restarted: its newest boot wins, whatever its wall clock says
+        return self.ts >= held.ts
 
 
 @dataclass(slots=True)
@@ -34,49 +59,57 @@ class Battery:
     name: str
     bank_id: str | None
     counter: EnergyCounter = field(default_factory=EnergyCounter)
-    values: dict[str, tuple[Any, float]] = field(default_factory=dict)
-    status: dict[str, tuple[int | bool, float]] = field(default_factory=dict)
+    values: dict[str, tuple[Any, Stamp]] = field(default_factory=dict)
+    status: dict[str, tuple[int | bool, Stamp]] = field(default_factory=dict)
     model: str | None = None
     serial: str | None = None
     firmware: str | None = None
-    last_ts: float | None = None
-    last_seen: float = 0.0
+    last: Stamp | None = None
+    last_seen: float = 0.0  # the aggregator's monotonic time of the last accepted reading
     appeared: bool = False
 
-    def update(self, reading: Reading) -> None:
+    @property
+    def last_ts(self) -> float | None:
+        return None if self.last is None else self.last.ts
+
+    def update(self, reading: Reading, stamp: Stamp | None = None) -> None:
         """Keep each field's newest value; an older reading fills only fields it has newer values of."""
+        stamp = stamp or Stamp(reading.ts, reading.ts, reading.boot_id, reading.mono)
         for name in READING_FIELDS:
             value = getattr(reading, name)
             held = self.values.get(name)
-            if value is not None and (held is None or reading.ts >= held[1]):
-                self.values[name] = (value, reading.ts)
+            if value is not None and (held is None or stamp.not_older_than(held[1])):
+                self.values[name] = (value, stamp)
         for key, flag in reading.status.items():
             held_status = self.status.get(key)
-            if held_status is None or reading.ts >= held_status[1]:
-                self.status[key] = (flag, reading.ts)
-        newest = self.last_ts is None or reading.ts >= self.last_ts
+            if held_status is None or stamp.not_older_than(held_status[1]):
+                self.status[key] = (flag, stamp)
+        newest = self.last is None or stamp.not_older_than(self.last)
         for name in IDENTITY_FIELDS:
             text = getattr(reading, name)
             # The reader reads these every info interval only; a reading without them keeps what we have.
             if text and (newest or getattr(self, name) is None):
                 setattr(self, name, text)
         if newest:
-            self.last_ts = reading.ts
+            self.last = stamp
 
     def forget_readings(self) -> None:
         """Drop everything read so far (another battery took this device over); the counter totals stay."""
         self.values.clear()
         self.status.clear()
-        self.model = self.serial = self.firmware = self.last_ts = None
+        self.model = self.serial = self.firmware = None
+        self.last = None
         self.counter.forget_anchor()
 
     def fresh(self, name: str, now: float, horizon: float) -> Any:
+        """The value when it was read at most `horizon` s ago (`now` on the aggregator's monotonic clock)."""
         held = self.values.get(name)
-        return held[0] if held is not None and now - held[1] <= horizon else None
+        return held[0] if held is not None and now - held[1].at <= horizon else None
 
     def view(
         self, now: float, stale_after: float, info_stale_after: float, link: LinkInfo | None = None
     ) -> BatteryView:
+        # link.ts is on the aggregator's monotonic clock (AggregatorCore.link), like `now`.
         link = link if link is not None and now - link.ts <= stale_after else None
         return BatteryView(
             voltage=self.fresh("voltage", now, stale_after),
@@ -86,10 +119,10 @@ class Battery:
             cycle_count=self.fresh("cycle_count", now, stale_after),
             cell_voltages=self.fresh("cell_voltages", now, stale_after),
             temperatures=self.fresh("temperatures", now, stale_after),
-            status={k: v for k, (v, ts) in self.status.items() if now - ts <= info_stale_after},
+            status={k: v for k, (v, stamp) in self.status.items() if now - stamp.at <= info_stale_after},
             energy_in_kwh=self.counter.in_wh / 1000,
             energy_out_kwh=self.counter.out_wh / 1000,
-            read_age=None if self.last_ts is None else max(0.0, now - self.last_ts),
+            read_age=None if self.last is None else max(0.0, now - self.last.at),
             rssi=link.rssi if link else None,
             link_quality=link.battery_link_quality.get(self.slave_id) if link else None,
             model=self.model,
@@ -108,8 +141,14 @@ class LinkInfo:
     battery_link_quality: Mapping[int, float]
 
 
-def _extreme(series: tuple[float, ...] | None, pick: Any) -> float | None:
-    return pick(series) if series else None
+def _known(series: tuple[float | None, ...] | None) -> list[float]:
+    """The sensors of a series that were read (the reader publishes a dropped sensor as null)."""
+    return [v for v in series or () if v is not None]
+
+
+def _extreme(series: tuple[float | None, ...] | None, pick: Any) -> float | None:
+    known = _known(series)
+    return pick(known) if known else None
 
 
 def _clamp_level(remaining: float, capacity: float) -> float | None:
@@ -137,8 +176,8 @@ class BatteryView:
     remaining_charge: float | None = None
     capacity: float | None = None
     cycle_count: int | None = None
-    cell_voltages: tuple[float, ...] | None = None
-    temperatures: tuple[float, ...] | None = None
+    cell_voltages: tuple[float | None, ...] | None = None
+    temperatures: tuple[float | None, ...] | None = None
     status: Mapping[str, int | bool] = field(default_factory=dict)
     energy_in_kwh: float = 0.0
     energy_out_kwh: float = 0.0
@@ -169,7 +208,8 @@ class BatteryView:
 
     @property
     def cell_voltage_delta(self) -> float | None:
-        return None if not self.cell_voltages else max(self.cell_voltages) - min(self.cell_voltages)
+        cells = _known(self.cell_voltages)
+        return max(cells) - min(cells) if cells else None
 
     @property
     def temperature_min(self) -> float | None:
@@ -180,6 +220,16 @@ class BatteryView:
         return _extreme(self.temperatures, max)
 
     @property
+    def temperature_average(self) -> float | None:
+        known = _known(self.temperatures)
+        return sum(known) / len(known) if known else None
+
+    @property
+    def charging(self) -> bool | None:
+        """Charging when at least MIN_CURRENT flows in (below it the sign is noise)."""
+        return None if self.current is None else self.current >= MIN_CURRENT
+
+    @property
     def time_to_full(self) -> float | None:
         return _time_to_full(self.current, self.remaining_charge, self.capacity)
 
@@ -188,9 +238,22 @@ class BatteryView:
         return _time_to_empty(self.current, self.remaining_charge)
 
     @property
+    def problems(self) -> list[str] | None:
+        """The alarms and protection trips of the alarm and status words (shared.registers.problems)."""
+        return problems(self.status)
+
+    @property
     def alarm(self) -> bool | None:
-        known = [self.status[key] for key in ALARM_KEYS if key in self.status]
-        return any(bool(value) for value in known) if known else None
+        found = self.problems
+        return None if found is None else bool(found)
+
+    @property
+    def problem_text(self) -> str | None:
+        found = self.problems
+        if found is None:
+            return None
+        # The count first: a long list is cut at the text limit (64 characters) when published.
+        return "none" if not found else found[0] if len(found) == 1 else f"{len(found)}: " + ", ".join(found)
 
     @property
     def cycles(self) -> float | None:
@@ -256,7 +319,7 @@ class BankView:
 
     @property
     def cell_voltage_delta(self) -> float | None:
-        cells = [v for m in self.members for v in m.cell_voltages or ()]
+        cells = [v for m in self.members for v in _known(m.cell_voltages)]
         return max(cells) - min(cells) if cells else None
 
     @property
