@@ -33,6 +33,7 @@ EXAMPLES: dict[str, Any] = {
     "reader.bt2_name": "BT-TH-E3383D0E",
     "reader.backend": "mypackage.ble:MyClient",
     "reader.capture_file": "/var/lib/renogy-proxy/capture.jsonl",
+    "reader.scan_duty": [10.0, 20.0],
     "simulator.truth_log": "/tmp/renogy-truth.jsonl",
     "aggregator.max_gap": 90.0,
     "aggregator.stale_after": 90.0,

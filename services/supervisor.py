@@ -22,7 +22,7 @@ from pathlib import Path
 
 from services.mqtt_probe import Answer, port_free, probe
 from shared.config import Config, env_for
-from shared.mqtt import parse_url
+from shared.mqtt_url import parse_url
 
 _LOGGER = logging.getLogger("supervisor")
 

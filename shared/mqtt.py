@@ -17,12 +17,13 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.config import MqttConfig
+from shared.mqtt_url import BrokerAddress as BrokerAddress  # noqa: PLC0414 - re-exported, see mqtt_url.py
+from shared.mqtt_url import parse_url as parse_url  # noqa: PLC0414
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,29 +52,6 @@ MessageHandler = Callable[[Message], None]
 ConnectHandler = Callable[[], None]
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_url(url: str) -> BrokerAddress:
-    """mqtt://host[:port] or mqtts://host[:port]; a bare host:port means mqtt://."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
-    tls = parts.scheme in ("mqtts", "ssl")
-    if not parts.hostname:
-        raise ValueError(f"no host in MQTT URL {url!r}")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ValueError(f"bad port in MQTT URL {url!r}") from None
-    return BrokerAddress(parts.hostname, port, tls)
 
 
 def paho_client(config: MqttConfig, client_id: str) -> paho.Client:

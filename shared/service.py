@@ -8,41 +8,25 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from typing import Any
 
 import psutil
 
 from shared.config import Config
+from shared.logsetup import setup_logging as setup_logging  # noqa: PLC0414 - re-exported, see logsetup.py
+from shared.logsetup import version
 from shared.mqtt import Message, MqttClient
 from shared.payloads import dumps
 from shared.topics import SCHEMA, Topics
 
 _LOGGER = logging.getLogger(__name__)
 
-try:
-    VERSION = metadata.version("renogy-bt-esphome-proxy")
-except metadata.PackageNotFoundError:  # pragma: no cover - running from an unpacked tree
-    VERSION = "0.0.0"
+VERSION = version()
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
-
-def setup_logging(level: str, service: str) -> None:
-    """Plain line logs on stderr (journald and docker add their own timestamps, but tests read ours)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)-7s {service} %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("paho").setLevel(logging.WARNING)
-    for noisy in ("amqtt", "transitions", "bleak"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 class RepeatFilter:

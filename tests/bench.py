@@ -43,7 +43,20 @@ DOCS = ROOT / "docs"
 HISTORY = DOCS / "benchmarks.json"
 MARKDOWN = DOCS / "benchmarks.md"
 OLD_MONOLITH_CPU_S_PER_MIN = 0.34
-BENCHES = ("reader", "bluez", "latency", "gateway", "resources", "startup")
+BENCHES = ("reader", "bluez", "latency", "gateway", "resources", "footprint", "startup")
+# The system we replace, run unchanged on our simulator side by side with this stack (issue 15): the
+# reference row of the footprint table. Its totals include ~0.4 s/min of the simulator's own scanner.
+MONOLITH = {
+    "cycle_s": 12.67,
+    "start_to_first_cycle_s": 21.3,
+    "ping_p99_ms": 4939,
+    "cpu_s_per_min_120s": 0.47,
+    "cpu_s_per_min_30s": 0.39,
+    "startup_cpu_s": "0.6-0.9",
+    "rss_mb": 50,
+    "pss_mb": 40,
+    "processes": 1,
+}
 
 
 # --- where and when -------------------------------------------------------------------------------------------
@@ -129,6 +142,10 @@ BENCH_COLUMNS = (
     ("CPU s/min @120 s (r/a/g)", "resources.poll_120s.cpu_s_per_min"),
     ("CPU s/min @30 s (r/a/g)", "resources.poll_30s.cpu_s_per_min"),
     ("RSS MB @30 s (r/a/g)", "resources.poll_30s.rss_mb"),
+    ("own CPU s/min @120 s (sim. subtracted)", "resources.poll_120s.own_cpu_s_per_min_total"),
+    ("PSS MB run tree", "footprint.run_tree.pss_mb_total"),
+    ("start-up CPU s run tree", "footprint.run_tree.startup_cpu_s_total"),
+    ("µs/advert @1000/s", "footprint.adverts.rate_1000.total_us"),
     ("run → 55 states s", "startup.median_s"),
 )
 
@@ -176,6 +193,35 @@ PROOF_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("unexpected exits", "unexpected_exits"),
         ("energy decreases", "energy_decreases"),
     ),
+    "broker_outage": (
+        ("result", "result"),
+        ("outage s", "outage_s"),
+        ("poll s", "poll_s"),
+        ("energy counted Wh", "energy_counted_wh"),
+        ("truth Wh", "energy_truth_wh"),
+        ("error %", "error_pct"),
+        ("readings kept (peak)", "outbox.peak"),
+        ("dropped", "outbox.dropped"),
+        ("gateway unknown after s", "gateway_unknown_after_s"),
+    ),
+    "clock_steps": (
+        ("result", "result"),
+        ("steps", "steps"),
+        ("s per phase", "phase_s"),
+        ("energy counted Wh", "energy_counted_wh"),
+        ("truth Wh", "energy_truth_wh"),
+        ("error %", "error_pct"),
+        ("host steps logged", "host_step_lines"),
+        ("reader steps logged", "reader_step_lines"),
+    ),
+    "persistence": (
+        ("result", "result"),
+        ("poll s", "poll_interval_s"),
+        ("batteries", "batteries"),
+        ("state file writes per hour", "writes_per_hour"),
+        ("before", "writes_per_hour_before"),
+        ("save interval s", "save_interval_s"),
+    ),
     "fuzz": (
         ("result", "result"),
         ("API frames", "api_frames"),
@@ -194,7 +240,7 @@ page is rendered from it: the newest figures first, then the history of every ru
 |---|---|---|
 | `make bench` | every benchmark below; `ARGS="--quick"` for a smoke run | ~10 min |
 | `make soak` | 10,000-cycle fault soak and a simulated day (long forms) | ~1 h |
-| `make chaos` | 10 broker restarts and 50 SIGKILLs of each service (long forms) | ~15 min |
+| `make chaos` | 10 broker restarts, 50 SIGKILLs of each service, 5 min broker outage, clock steps (long) | ~30 min |
 | `make fuzz` | >= 100,000 API frames and >= 10,000 MQTT payloads (long budget) | ~5 min |
 | `make test` | the short forms of soak, chaos and fuzz, with everything else | ~3 min |
 
@@ -212,6 +258,19 @@ How each figure is measured:
 - **Resources**: CPU seconds (user + system, /proc/<pid>/stat) per minute and RSS of each service with
   4 batteries, a client subscribed, the simulator in real time, over a fixed window after start-up.
   For comparison, the old monolith used 0.34 s of CPU per minute at a 120 s poll interval.
+- **Footprint** (issue 15): the simulator runs inside the reader (it is its bleak backend), so its
+  cost is measured on its own: the same simulator (config, seed, neighbours, timing) in a process of
+  its own with the BT-2 held connected, its scanner feeding a no-op callback and every battery's
+  registers read once per poll; its CPU over the same window is subtracted from the reader's ("own
+  CPU"). CPU is the scheduler's run time of every thread (/proc/<pid>/task/*/schedstat, ns), memory is
+  RSS, PSS and USS from /proc/<pid>/smaps_rollup. `run_tree`: `renogy-proxy run` against an external
+  broker, poll 120 s, one client, start-up CPU of the whole tree until the client holds all 55 states
+  and memory after 60 s (nothing else of the stack runs beside it; the benchmark's own client shares
+  the interpreter's pages, as Home Assistant on the same machine would not). `adverts`: CPU µs per
+  forwarded advertisement (reader -> MQTT -> gateway -> client; reader, broker and gateway, not the
+  client) at 10, 100 and 1,000 extra adverts/s from 2,000 distinct neighbours, over the stack's cost
+  without them; the generator's own cost (measured alone) is subtracted. The resource runs at 120 s
+  and 30 s run at the same time, so their PSS is shared with the other stack and lower than alone.
 - **Start-up**: `renogy-proxy run` (embedded broker, simulator) until a client holds a value for all
   55 entities.
 """
@@ -233,6 +292,18 @@ FINDINGS = """## What the proof runs found (and what was fixed)
   Both are now rejected with a reason, like every other bad payload.
 - **Late replies**: the reader never accepted a late reply (0 wrong values; the simulator's late
   replies arrive 0.3 s after a 0.2 s timeout, and a timeout drops the connection, which discards them).
+- **Clock steps** (issue 13; `clock_steps`: reader and aggregator under libfaketime, one clock stepped
+  +2 years, back, then -120 s): energy stopped counting after a step back (every reading "out of order",
+  the future anchor persisted) and values froze for the size of the step. Readings now carry the reader's
+  monotonic time; energy is integrated over monotonic intervals and freshness judged by age on the
+  aggregator's monotonic clock (services/aggregator/energy.py, model.py, core.py).
+- **SD card writes** (`persistence`): the state file was written on every reading, 480 times an hour at
+  the default 30 s poll with 4 batteries; now once per `aggregator.save_interval` (5 min) when a counter
+  changed, the retained device states (with the exact counter) being the second copy: 12 an hour.
+- **Broker outage** (`broker_outage`): readings taken while the broker was away were lost. The reader
+  keeps them (services/reader/outbox.py) and publishes them in order afterwards; the energy counted
+  through the outage equals the simulator's truth, and the gateway serves values as unknown once no
+  state arrived for `stale_after`.
 """
 
 
@@ -243,6 +314,7 @@ def render(runs: list[dict[str, Any]]) -> str:
         latest = benches[-1]
         out.append(f"## Latest benchmark\n\n{latest['date']} on {machine_text(latest['machine'])}.\n")
         out.append(_latest_bench(latest["figures"]))
+        out.append(_against_monolith(latest["figures"]))
     proofs = [r for r in runs if r["kind"] == "proof"]
     if proofs:
         out.append("## Proof runs (long forms)\n")
@@ -314,6 +386,52 @@ def _kv_table(figures: dict[str, Any], prefix: str = "") -> str:
     for key, value in figures.items():
         walk(value, f"{prefix}{key}")
     return _table(["figure", "value"], rows)
+
+
+def _against_monolith(figures: dict[str, Any]) -> str:
+    """The footprint table: the old monolith's figures (the reference row) and this run's."""
+
+    def get(key: str) -> Any:
+        return _get(figures, key)
+
+    def cpu(poll: str) -> str:
+        total = get(f"resources.{poll}.cpu_s_per_min_total")
+        own = get(f"resources.{poll}.own_cpu_s_per_min_total")
+        sim = get(f"resources.{poll}.simulator_cpu_s_per_min")
+        broker = get(f"resources.{poll}.broker_cpu_s_per_min")
+        if total is None:
+            return "–"
+        return f"{_fmt(total)} (own {_fmt(own)}, simulator {_fmt(sim)}) + broker {_fmt(broker)}"
+
+    tree = get("footprint.run_tree") or {}
+    pss = tree.get("pss_mb") or {}
+    rss = tree.get("rss_mb") or {}
+    memory = (
+        f"RSS {_fmt(sum(rss.values()))} MB, PSS {_fmt(tree.get('pss_mb_total'))} MB ({len(pss)} processes: "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in pss.items())
+        + ")"
+        if pss
+        else "–"
+    )
+    cycle = get("reader.mtu251.cycle_s")
+    rows = [
+        ["4-battery read cycle s", _fmt(MONOLITH["cycle_s"]), _fmt(cycle)],
+        ["CPU s/min, poll 120 s", _fmt(MONOLITH["cpu_s_per_min_120s"]), cpu("poll_120s")],
+        ["CPU s/min, poll 30 s", _fmt(MONOLITH["cpu_s_per_min_30s"]), cpu("poll_30s")],
+        ["start-up CPU s", str(MONOLITH["startup_cpu_s"]), _fmt(tree.get("startup_cpu_s_total"))],
+        ["start -> 55 states s", "–", _fmt(tree.get("start_to_55_states_s"))],
+        ["memory", f"RSS {MONOLITH['rss_mb']} MB, PSS {MONOLITH['pss_mb']} MB (1 process)", memory],
+        ["largest process RSS MB", _fmt(MONOLITH["rss_mb"]), _fmt(tree.get("rss_mb_max"))],
+        *(
+            [f"CPU µs per advert @{rate}/s", "–", _fmt(get(f"footprint.adverts.rate_{rate}.total_us"))]
+            for rate in (10, 100, 1000)
+        ),
+    ]
+    return (
+        "**Against the old monolith** (its figures from issue 15, measured on the same simulator; its CPU "
+        "includes ~0.4 s/min of the simulator's scanner, like our total)\n\n"
+        + _table(["figure", "old monolith", "this run"], rows)
+    )
 
 
 def _latest_bench(figures: dict[str, Any]) -> str:
@@ -438,57 +556,21 @@ async def bench_gateway_figures(quick: bool) -> dict[str, Any]:
     )
 
 
-async def _resources_at(interval: float, window: float, tmp: Path) -> dict[str, Any]:
-    from tests.proof.support import ClientWatch, ProofStack, proc_sample
-
-    broker = await _broker(tmp)
-    stack = ProofStack(
-        broker.url,
-        tmp,
-        _env_for_stack({"RENOGY_POLL_INTERVAL": str(interval), "RENOGY_SIM_LATENCY_SCALE": "1"}),
-    )
-    try:
-        await stack.start()
-        watch = ClientWatch(stack.api_port)
-        watch.start()
-        try:
-            await watch.wait_complete(90)
-            pids = {**stack.pids(), "broker": getattr(getattr(broker, "process", None), "pid", None)}
-            first = {name: proc_sample(pid) for name, pid in pids.items() if pid}
-            await asyncio.sleep(window)  # the measurement window
-            last = {name: proc_sample(pid) for name, pid in pids.items() if pid}
-        finally:
-            await watch.stop()
-    finally:
-        await stack.stop()
-        await broker.stop()
-    cpu: dict[str, float] = {}
-    rss: dict[str, float] = {}
-    for name, start in first.items():
-        end = last.get(name)
-        if start is None or end is None:
-            continue
-        cpu[name] = round((end.cpu_s - start.cpu_s) / window * 60, 3)
-        rss[name] = round(end.rss_kb / 1024, 1)
-    services = ("reader", "aggregator", "gateway")
-    return {
-        "poll_interval_s": interval,
-        "window_s": window,
-        "cpu_s_per_min": {k: cpu[k] for k in services if k in cpu},
-        "cpu_s_per_min_total": round(sum(cpu.get(k, 0.0) for k in services), 3),
-        "broker_cpu_s_per_min": cpu.get("broker"),
-        "rss_mb": {k: rss[k] for k in services if k in rss},
-        "old_monolith_cpu_s_per_min": OLD_MONOLITH_CPU_S_PER_MIN,
-    }
-
-
 async def bench_resources(window: float) -> dict[str, Any]:
     """Both poll intervals at once (separate brokers and stacks), each over the same fixed window."""
+    from tests.bench_footprint import resources_at
+
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         slow, default = await asyncio.gather(
-            _resources_at(120.0, window, Path(a)), _resources_at(30.0, window, Path(b))
+            resources_at(120.0, window, Path(a)), resources_at(30.0, window, Path(b))
         )
     return {"poll_120s": slow, "poll_30s": default}
+
+
+async def _bench_footprint(quick: bool) -> dict[str, Any]:
+    from tests.bench_footprint import bench_footprint
+
+    return await bench_footprint(quick)
 
 
 async def _startup_once(tmp: Path) -> float:
@@ -551,6 +633,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "latency": lambda: bench_latency(10.0 if args.quick else 60.0),
         "gateway": lambda: bench_gateway_figures(args.quick),
         "resources": lambda: bench_resources(args.window if args.window else (20.0 if args.quick else 240.0)),
+        "footprint": lambda: _bench_footprint(args.quick),
         "startup": lambda: bench_startup(1 if args.quick else 3),
     }
     figures: dict[str, Any] = {}

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from aioesphomeapi.core import MESSAGE_TYPE_TO_PROTO
-
+from services.gateway.esphome_protocol import load
 from services.gateway.framing import Frame
 from services.gateway.proto import pb
 
+MESSAGE_TYPE_TO_PROTO: Final[Mapping[int, Any]] = load().core.MESSAGE_TYPE_TO_PROTO
 ID_OF: Final[Mapping[type, int]] = {cls: msg_id for msg_id, cls in MESSAGE_TYPE_TO_PROTO.items()}
 CLASS_OF: Final[Mapping[int, Any]] = dict(MESSAGE_TYPE_TO_PROTO)
 

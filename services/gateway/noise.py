@@ -13,10 +13,8 @@ import struct
 from collections.abc import Iterable
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from noise.connection import NoiseConnection
-
+# cryptography and noiseprotocol (~8 MB RSS) are imported by the first encrypted connection only: a
+# gateway without a key, and mdns.py reading NOISE_PROTOCOL_NAME, never load them.
 from services.gateway.framing import (
     MAX_PAYLOAD,
     BadIndicatorError,
@@ -61,6 +59,8 @@ class _Cipher:
     __slots__ = ("_aead", "nonce")
 
     def __init__(self, key: bytes, nonce: int) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: PLC0415
+
         self._aead = ChaCha20Poly1305(key)
         self.nonce = nonce
 
@@ -149,6 +149,8 @@ class NoiseCodec:
     def _on_client_hello(self, body: bytes) -> None:
         # The prologue covers whatever the client sent, as ESPHome builds it.
         prologue = b"NoiseAPIInit" + len(body).to_bytes(2, "big") + body
+        from noise.connection import NoiseConnection  # noqa: PLC0415 - see the note at the imports
+
         proto = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
         proto.set_as_responder()
         proto.set_psks(self._psk)
@@ -159,6 +161,8 @@ class NoiseCodec:
         self.state = STATE_HANDSHAKE
 
     def _on_handshake(self, body: bytes) -> None:
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+
         if not body:
             self._reject(REJECT_EMPTY_HANDSHAKE, "handshake")
             return
@@ -183,6 +187,8 @@ class NoiseCodec:
         self.state = STATE_READY
 
     def _decrypt(self, body: bytes) -> Frame | None:
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415 - in sys.modules since the handshake
+
         assert self._rx is not None
         try:
             plain = self._rx.decrypt(body)

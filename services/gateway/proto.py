@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aioesphomeapi import api_pb2 as _api_pb2
+from services.gateway.esphome_protocol import load
 
-pb: Any = _api_pb2
+# Only api_pb2 (and core, for the id table), not the whole client package: esphome_protocol.py.
+pb: Any = load().api_pb2
