@@ -25,7 +25,7 @@ import orjson
 from services.aggregator.banks import layout_from_config
 from services.aggregator.energy import MAX_COUNTER_WH
 from services.aggregator.store import StateStore
-from shared.config import Config
+from shared.config import SCAN_DUTY_RANGE, Config
 from shared.noise_key import InvalidKeyError, decode_key
 from shared.topics import bt2_id
 
@@ -84,9 +84,6 @@ _NO_COUNTERPART: dict[tuple[str, str], str] = {
     ("home_assistant_proxy", "scan_mode"): "the scanner follows the mode Home Assistant asks for",
     ("home_assistant_proxy", "airtime_settle_seconds"): "no counterpart",
     ("home_assistant_proxy", "airtime_window_seconds"): "no counterpart",
-    ("home_assistant_proxy", "scan_active_seconds"): "no scan duty cycle yet: the scanner runs all the time",
-    ("home_assistant_proxy", "scan_idle_seconds"): "no scan duty cycle yet: the scanner runs all the time",
-    ("home_assistant_proxy", "pause_during_renogy"): "the scanner is not paused during reads yet",
     ("home_assistant_proxy", "health_check_interval"): "the reader's watchdog (reader.watchdog_cycles, "
     "reader.adapter_reset) replaces the advertisement-gap monitor",
     ("home_assistant_proxy", "health_check_threshold"): "see reader.watchdog_cycles",
@@ -268,6 +265,7 @@ def _proxy(out: _Converted, get: Getter) -> None:
             if not _MAC.match(mac):
                 raise MigrateError(f"[{section}] {option} = {mac} is not a MAC address")
             out.set("gateway.mac", mac.upper(), f"[{section}] {option}: Home Assistant knows the node by it")
+    _airtime(out, get)
     ip = get(section, "mdns_ip")
     if ip is not None:
         out.set("gateway.mdns_addresses", [ip], f"[{section}] mdns_ip")
@@ -281,6 +279,39 @@ def _proxy(out: _Converted, get: Getter) -> None:
             out.note(section, option, "***", f"not a usable Noise key ({exc}); Home Assistant provisions one")
             continue
         out.set("gateway.api_key", key, f"[{section}] {option}")
+
+
+def _airtime(out: _Converted, get: Getter) -> None:
+    """scan_active_seconds / scan_idle_seconds -> reader.scan_duty; pause_during_renogy -> pause_during_reads."""
+    section = "home_assistant_proxy"
+    active, idle = get(section, "scan_active_seconds"), get(section, "scan_idle_seconds")
+    if active is not None or idle is not None:
+        try:
+            phases = [float(active or 0), float(idle or 0)]
+        except ValueError:
+            phases = []
+        low, high = SCAN_DUTY_RANGE
+        origin = f"[{section}] scan_active_seconds + [{section}] scan_idle_seconds: [active, idle] seconds"
+        if phases and all(low <= phase <= high for phase in phases):
+            out.set("reader.scan_duty", phases, f"{origin} (scan duty cycle)")
+        else:
+            # The old system ran its duty cycle only with both numbers above 0, and fell back to 0 on a typo.
+            why = (
+                f"no duty cycle: reader.scan_duty needs both phases between {low:g} and {high:g} s "
+                "(the old system cycled only with both above 0); the scanner runs all the time"
+            )
+            for option, value in (("scan_active_seconds", active), ("scan_idle_seconds", idle)):
+                if value is not None:
+                    out.note(section, option, value, why)
+    pause = get(section, "pause_during_renogy")
+    if pause is not None:
+        value = pause.lower()
+        if value in ("1", "true", "yes", "on"):
+            out.set("reader.pause_during_reads", True, f"[{section}] pause_during_renogy")
+        elif value in ("0", "false", "no", "off"):
+            out.note(section, "pause_during_renogy", pause, "off here too (reader.pause_during_reads, default false)")
+        else:
+            out.note(section, "pause_during_renogy", pause, "not a boolean; reader.pause_during_reads stays false")
 
 
 def _toml_value(value: Any) -> str:

@@ -29,6 +29,8 @@ from shared.noise_key import InvalidKeyError, decode_key
 ENV_PREFIX = "RENOGY_"
 # Modbus RTU unicast addresses (0 is broadcast, 248..255 reserved); the simulator and banks use the same.
 SLAVE_ID_RANGE = (1, 247)
+# Seconds of each phase of reader.scan_duty: BlueZ takes a moment to start and stop discovery.
+SCAN_DUTY_RANGE = (0.5, 3600.0)
 _UNSET: Any = object()
 _MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]?){5}[0-9A-Fa-f]{2}$")
 _NAME_RE = re.compile(r"^[a-z0-9-]{1,31}$")
@@ -147,6 +149,19 @@ class ReaderConfig:
         "once (the BT-2's own connection is not counted; 0 = passive proxy only)",
         minimum=0,
         maximum=7,
+    )
+    scan_duty: list[float] = setting(
+        [],
+        "RENOGY_SCAN_DUTY",
+        "Scan duty cycle [active, idle] in seconds: scan for active seconds, then rest for idle seconds, "
+        "so Wi-Fi gets the radio it shares with Bluetooth (Pi Zero 2 W, Pi 3; environment: 10,20); "
+        "empty = scan all the time",
+    )
+    pause_during_reads: bool = setting(
+        False,
+        "RENOGY_PAUSE_DURING_READS",
+        "Stop the scanner while a cycle reads the batteries and start it again after (at the latest when "
+        "the cycle overruns its deadline), so the BT-2's link gets the radio",
     )
     backend: str | None = setting(
         None,
@@ -428,7 +443,9 @@ def _type_name(hint: Any) -> str:
     base, optional = _unwrap_optional(hint)
     name = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(base)
     if name is None:
-        name = {(int,): "list of integers", (str,): "list of strings"}.get(get_args(base), "list of tables")
+        name = {(int,): "list of integers", (float,): "list of numbers", (str,): "list of strings"}.get(
+            get_args(base), "list of tables"
+        )
     return f"{name} (optional)" if optional else name
 
 
@@ -553,7 +570,7 @@ def _check_unknown(file_values: Mapping[str, Any], path: Path | str | None) -> N
 def _from_env(where: str, text: str, hint: Any) -> Any:
     base, _ = _unwrap_optional(hint)
     if get_origin(base) is list:
-        if get_args(base) in ((int,), (str,)):
+        if get_args(base) in ((int,), (float,), (str,)):
             return [part.strip() for part in text.split(",") if part.strip()]
         try:
             return orjson.loads(text)
@@ -621,7 +638,7 @@ def _coerce(value: Any, base: Any) -> Any:
     if get_origin(base) is list:
         if not isinstance(value, list | tuple):
             raise ValueError(f"expected a list, got {value!r}")
-        if get_args(base) in ((int,), (str,)):
+        if get_args(base) in ((int,), (float,), (str,)):
             return [_coerce(item, get_args(base)[0]) for item in value]
         if not all(isinstance(item, dict) for item in value):
             raise ValueError("expected a list of tables")
@@ -684,6 +701,12 @@ def _cross_check(config: Config) -> None:
         raise ConfigError(
             f"gateway.discovery_prefix: {config.gateway.discovery_prefix!r} must be topic levels without wildcards"
         )
+    duty = config.reader.scan_duty
+    if duty and (len(duty) != 2 or not all(SCAN_DUTY_RANGE[0] <= part <= SCAN_DUTY_RANGE[1] for part in duty)):
+        raise ConfigError(
+            f"reader.scan_duty: {duty} must be [active, idle], each {SCAN_DUTY_RANGE[0]:g} to "
+            f"{SCAN_DUTY_RANGE[1]:g} seconds (e.g. [10, 20]), or [] to scan all the time"
+        )
     if config.reader.backend is not None and ":" not in config.reader.backend:
         raise ConfigError(f"reader.backend: {config.reader.backend!r} must be module:Class")
     if config.gateway.api_key is not None:
@@ -717,7 +740,7 @@ def env_for(overrides: Mapping[str, Any]) -> dict[str, str]:
         name = by_path[key_path].metadata["env"]
         if isinstance(value, bool):
             env[name] = "true" if value else "false"
-        elif isinstance(value, list) and all(isinstance(v, int | str) for v in value):
+        elif isinstance(value, list) and all(isinstance(v, int | float | str) for v in value):
             env[name] = ",".join(str(v) for v in value)
         elif isinstance(value, list | dict):
             env[name] = orjson.dumps(value).decode()

@@ -102,6 +102,8 @@ def test_config_ini_becomes_equivalent_toml(tmp_path: Path) -> None:
         "adapter": "hci0",
         "batteries": [48, 49, 50, 51],
         "poll_interval": 30.0,  # scheduled mode: renogy_read_interval wins over [data] poll_interval
+        "scan_duty": [5.0, 10.0],  # scan_active_seconds, scan_idle_seconds
+        "pause_during_reads": True,  # pause_during_renogy
     }
     assert data["gateway"] == {
         "entity_naming": "legacy",
@@ -116,6 +118,7 @@ def test_config_ini_becomes_equivalent_toml(tmp_path: Path) -> None:
     path.write_text(text)
     config = load_config(path, environ={})
     assert config.gateway.entity_naming == "legacy" and config.reader.batteries == [48, 49, 50, 51]
+    assert config.reader.scan_duty == [5.0, 10.0] and config.reader.pause_during_reads is True
 
 
 def test_every_old_option_is_converted_or_explained() -> None:
@@ -129,8 +132,30 @@ def test_every_old_option_is_converted_or_explained() -> None:
             mentioned = [line for line in comments if where in line]
             assert mentioned, f"{where} is neither converted nor explained"
     assert any("[data] temperature_unit = F: temperatures are published in °C" in line for line in comments)
-    assert any("[home_assistant_proxy] pause_during_renogy = true" in line for line in comments)
+    assert "# from [home_assistant_proxy] pause_during_renogy" in comments
     assert any("[pvoutput] enabled = false: no counterpart" in line for line in comments)
+
+
+@pytest.mark.parametrize(
+    ("options", "reader", "noted"),
+    [
+        # The old system cycled only with both phases above 0: otherwise it scanned all the time.
+        ("scan_active_seconds = 5\nscan_idle_seconds = 0\n", {}, ["scan_active_seconds = 5", "scan_idle_seconds = 0"]),
+        ("scan_idle_seconds = 10\n", {}, ["scan_idle_seconds = 10: no duty cycle"]),
+        ("scan_active_seconds = 0.1\nscan_idle_seconds = 2\n", {}, ["scan_active_seconds = 0.1: no duty cycle"]),
+        ("scan_active_seconds = 2.5\nscan_idle_seconds = 7.5\n", {"scan_duty": [2.5, 7.5]}, []),
+        ("pause_during_renogy = false\n", {}, ["pause_during_renogy = false: off here too"]),
+        ("pause_during_renogy = maybe\n", {}, ["pause_during_renogy = maybe: not a boolean"]),
+        ("pause_during_renogy = yes\n", {"pause_during_reads": True}, []),
+    ],
+)
+def test_airtime_options(options: str, reader: dict[str, object], noted: list[str]) -> None:
+    text = convert_config(f"[device]\nmac_addr = C4:64:E3:38:3D:0E\n\n[home_assistant_proxy]\n{options}")
+    data = tomllib.loads(text)
+    airtime = {key: data["reader"][key] for key in ("scan_duty", "pause_during_reads") if key in data["reader"]}
+    assert airtime == reader
+    for note in noted:
+        assert f"#   [home_assistant_proxy] {note}" in text, note
 
 
 def test_config_ini_of_another_device_type_is_refused() -> None:
