@@ -6,6 +6,7 @@ Every method takes the current time, so tests drive it with a fake clock. The se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -14,17 +15,24 @@ from typing import Any
 
 from services.aggregator.banks import BankSpec, Layout
 from services.aggregator.documents import Outgoing, Publisher, bank_config, battery_config, values_of
-from services.aggregator.energy import EnergyCounter, Step
+from services.aggregator.energy import MAX_COUNTER_WH, SECONDS_PER_HOUR, EnergyCounter, Step
 from services.aggregator.entities import BANK, BATTERY, for_profile
-from services.aggregator.model import BankView, Battery, BatteryView, LinkInfo
-from shared.payloads import DeviceState, Reading
+from services.aggregator.model import BankView, Battery, BatteryView, LinkInfo, Stamp
+from shared.payloads import MAX_PACK_POWER_W, DeviceState, Reading
 from shared.topics import valid_device_id
 
 _LOGGER = logging.getLogger(__name__)
 
 MAX_ORPHANS = 64
-MAX_CLOCK_AHEAD = 300.0  # s; a reading this far in the future would block counting until then
+MAX_BATTERIES = 64  # batteries served at once; readings of more are refused (phantoms, a flood)
+MAX_LINKS = 64
+MAX_LOGGED_KEYS = 256  # bound of every "logged once" set
+CLOCK_STEP_TOLERANCE = 1.0  # s; a reader's wall time moving against its monotonic time by more is a step
+RECOVERY_SLACK = 600.0  # s beyond save_interval a retained copy may be ahead of the state file
 OVERRIDE_KEY = "aggregator.batteries"
+# A counter changed by less than this is not worth a write (it is below the published resolution).
+SAVE_MIN_WH = 0.1
+URGENT_SAVE_DELAY = 2.0  # s; structural changes are saved this soon (one write for several)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,10 @@ class Settings:
     max_gap: float = 90.0
     stale_after: float = 90.0
     info_stale_after: float = 1800.0
+    max_ahead: float = 30.0  # s; a reading further ahead of this host's clock is not shown
+    save_interval: float = 300.0
+    forget_after: float = 7 * 86400.0  # s without a reading before a battery's device is removed
+    refresh: float | None = None  # s; unchanged states are published again this often (None: never)
 
 
 class Rejected(Exception):
@@ -50,15 +62,21 @@ class Stats:
     steps: Counter[str] = field(default_factory=Counter)
     recovered: int = 0
     takeovers: int = 0
+    clock: Counter[str] = field(default_factory=Counter)
+    recovery_refused: int = 0
+    expired: int = 0
 
 
 class AggregatorCore:
     """Latest values, energy counters, bank membership and what has been published."""
 
-    def __init__(self, layout: Layout, settings: Settings, *, started: float) -> None:
+    def __init__(
+        self, layout: Layout, settings: Settings, *, started: float, mono: float | None = None
+    ) -> None:
         self.layout = layout
         self.settings = settings
         self.started = started
+        self.started_mono = started if mono is None else mono
         self.battery_entities = for_profile(BATTERY, settings.profile)
         self.bank_entities = for_profile(BANK, settings.profile)
         self.batteries: dict[str, Battery] = {}
@@ -67,23 +85,54 @@ class AggregatorCore:
         self.links: dict[str, LinkInfo] = {}
         self.stats = Stats()
         self.dirty = False
+        # What a save is worth: counted Wh not on disk yet, and changes that must be saved soon
+        # (a new battery, a takeover, a recovered counter).
+        self.unsaved_wh = 0.0
+        self.urgent = False
         self.restored_devices: frozenset[str] = frozenset()
-        self.publisher = Publisher()
+        self.publisher = Publisher(settings.refresh)
         self._unbanked_logged: set[str] = set()
+        self._backed: set[str] = set()  # counters whose value this aggregator knows (file or counted)
+        self._reader_clocks: dict[str, tuple[str, float]] = {}  # bt2 -> (boot id, wall - monotonic)
+        self._ahead_logged: dict[str, float] = {}
+
+    def mark_saved(self) -> None:
+        self.dirty = self.urgent = False
+        self.unsaved_wh = 0.0
+
+    def save_due(self, mono: float, last_save: float | None) -> bool:
+        """Whether to write the state file now: soon after structural changes, otherwise at most every
+        save_interval and only when a counter moved by more than SAVE_MIN_WH (the retained device states
+        are the second copy in between)."""
+        if not self.dirty:
+            return False
+        if last_save is None:
+            return True
+        if self.urgent:  # coalesced: the four batteries of a BT-2 appear within a second
+            return mono - last_save >= min(URGENT_SAVE_DELAY, self.settings.save_interval)
+        return self.unsaved_wh > SAVE_MIN_WH and mono - last_save >= self.settings.save_interval
 
     # --- persistence ---------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """The persistent part: every counter with its battery's identity, and the bank floors."""
+        """The persistent part: every counter with its battery's identity, and the bank floors.
+
+        An anchor ahead of this host's clock is left out: after a restart it would make every reading
+        until that time look out of order.
+        """
+
+        def counter_json(counter: EnergyCounter) -> dict[str, Any]:
+            return self._counter_copy(counter, now)
+
         batteries: dict[str, Any] = {
-            device_id: {"bt2": None, "slave_id": None, "counter": counter.to_json()}
+            device_id: {"bt2": None, "slave_id": None, "counter": counter_json(counter)}
             for device_id, counter in self.orphans.items()
         }
         for device_id, battery in self.batteries.items():
             batteries[device_id] = {
                 "bt2": battery.bt2,
                 "slave_id": battery.slave_id,
-                "counter": battery.counter.to_json(),
+                "counter": counter_json(battery.counter),
             }
         banks = {bank_id: {"in_wh": floor[0], "out_wh": floor[1]} for bank_id, floor in self.floors.items()}
         return {"saved": now, "batteries": batteries, "banks": banks}
@@ -97,7 +146,9 @@ class AggregatorCore:
         for device_id, entry in raw_batteries.items():
             if not valid_device_id(device_id) or not isinstance(entry, dict):
                 raise ValueError(f"bad battery entry {device_id[:64]!r}")
-            counter = EnergyCounter.from_json(entry.get("counter"))
+            counter = self._restored_counter(device_id, entry.get("counter"))
+            if counter is None:
+                continue
             bt2, slave = entry.get("bt2"), entry.get("slave_id")
             if bt2 is None:
                 orphans[device_id] = counter
@@ -121,27 +172,64 @@ class AggregatorCore:
                 self.layout.name(bt2, slave),
                 self.layout.bank_of(bt2, slave),
                 counter,
-                last_seen=self.started,
+                last_seen=self.started_mono,
             )
         for bank_id, entry in raw_banks.items():
-            floor = EnergyCounter.from_json(entry)
-            floors[str(bank_id)] = (floor.in_wh, floor.out_wh)
+            try:
+                floor = EnergyCounter.from_json(entry)
+            except ValueError as exc:
+                _LOGGER.warning("state file: bank %r ignored: %s", str(bank_id)[:64], exc)
+                continue
+            if self.layout.bank(str(bank_id)) is not None:
+                floors[str(bank_id)] = (floor.in_wh, floor.out_wh)
         self.batteries, self.orphans, self.floors = batteries, orphans, floors
         self.restored_devices = frozenset(batteries) | frozenset(orphans) | frozenset(floors)
+        self._backed = set(self.restored_devices)
+
+    def _restored_counter(self, device_id: str, raw: Any) -> EnergyCounter | None:
+        """One counter of the state file; a bad one is ignored with a WARNING (its retained state, if
+        any, recovers it), never served."""
+        try:
+            counter = EnergyCounter.from_json(raw)
+        except ValueError as exc:
+            _LOGGER.warning("state file: the counter of %s is ignored: %s", device_id, exc)
+            return None
+        if counter.last_ts is not None and counter.last_ts > self.started + self.settings.max_ahead:
+            _LOGGER.warning(
+                "state file: the last sample of %s is %.0f s ahead of this host's clock; not resuming from it",
+                device_id,
+                counter.last_ts - self.started,
+            )
+            counter.forget_anchor()
+        return counter
 
     # --- inputs --------------------------------------------------------------------------------
 
-    def accept(self, reading: Reading, now: float) -> Step:
-        """Take a valid reading: integrate its energy, keep its fields; Rejected when it cannot be served."""
-        if reading.ts > now + MAX_CLOCK_AHEAD:
+    def accept(self, reading: Reading, now: float, mono: float | None = None) -> Step:
+        """Take a valid reading: integrate its energy, keep its fields; Rejected when it cannot be served.
+
+        `now` is this host's wall time, `mono` its monotonic time (None: the same as `now`). Energy is
+        integrated over the reader's monotonic intervals; freshness is measured on `mono`, so neither
+        stops or freezes when a wall clock steps.
+        """
+        mono = now if mono is None else mono
+        ahead = reading.ts - now
+        if ahead > self.settings.max_ahead and reading.mono is None:
+            # Without monotonic time this reading would anchor the counter in the future.
             self.stats.dropped["future_ts"] += 1
             raise Rejected(
                 "future_ts",
-                f"reading time {reading.ts:.0f} is {reading.ts - now:.0f} s ahead of "
+                f"reading time {reading.ts:.0f} is {ahead:.0f} s ahead of "
                 "this host's clock (check NTP on the reader's host)",
             )
-        battery = self._battery_for(reading.bt2, reading.slave_id, now)
-        step = battery.counter.add(reading.ts, reading.power, self.settings.max_gap)
+        battery = self._battery_for(reading.bt2, reading.slave_id, mono)
+        self._watch_reader_clock(reading)
+        counter = battery.counter
+        before, prev_ts = counter.in_wh + counter.out_wh, counter.last_ts
+        step = counter.add(
+            reading.ts, reading.power, self.settings.max_gap, boot=reading.boot_id, mono=reading.mono
+        )
+        self.unsaved_wh += counter.in_wh + counter.out_wh - before
         if step is Step.GAP:
             _LOGGER.info(
                 "%s: no reading for longer than max_gap (%.0f s); energy counting restarts at %.3f",
@@ -149,20 +237,70 @@ class AggregatorCore:
                 self.settings.max_gap,
                 reading.ts,
             )
-        battery.update(reading)
-        battery.last_seen = now
+        elif step is Step.CLOCK_STEP:
+            _LOGGER.warning(
+                "%s: reading time went back by %.0f s (a wall clock step); energy counting restarts there",
+                battery.device_id,
+                (prev_ts or 0.0) - reading.ts,
+            )
+        if ahead > self.settings.max_ahead:
+            self._refuse_display(battery, ahead, mono)
+        else:
+            age = max(0.0, -ahead)
+            battery.update(reading, Stamp(reading.ts, mono - age, reading.boot_id, reading.mono))
+        battery.last_seen = mono
         battery.appeared = True
+        self._backed.add(battery.device_id)
         self.stats.accepted += 1
         self.stats.steps[step.value] += 1
-        if step in (Step.FIRST, Step.GAP, Step.INTEGRATED):
+        if step in (Step.FIRST, Step.GAP, Step.INTEGRATED, Step.RESTART, Step.CLOCK_STEP):
             self.dirty = True
         return step
+
+    def _refuse_display(self, battery: Battery, ahead: float, mono: float) -> None:
+        """A reading from the future: its energy counts (monotonic time), its values are not shown."""
+        self.stats.clock["display_refused"] += 1
+        last = self._ahead_logged.get(battery.bt2)
+        if last is None or mono - last >= self.settings.stale_after:
+            if len(self._ahead_logged) < MAX_LOGGED_KEYS or last is not None:
+                self._ahead_logged[battery.bt2] = mono
+            _LOGGER.warning(
+                "BT-2 %s: reading time is %.0f s ahead of this host's clock (more than %.0f s); its values "
+                "are not shown (unknown), its energy is still counted. Check NTP on both hosts",
+                battery.bt2,
+                ahead,
+                self.settings.max_ahead,
+            )
+
+    def _watch_reader_clock(self, reading: Reading) -> None:
+        """Log a step of a reader's wall clock once, with its size (wall time against monotonic time)."""
+        if reading.mono is None or reading.boot_id is None:
+            return
+        offset = reading.ts - reading.mono
+        held = self._reader_clocks.get(reading.bt2)
+        if held is None and len(self._reader_clocks) >= MAX_LINKS:
+            return
+        self._reader_clocks[reading.bt2] = (reading.boot_id, offset)
+        if held is not None and held[0] == reading.boot_id and abs(offset - held[1]) > CLOCK_STEP_TOLERANCE:
+            self.stats.clock["reader_steps"] += 1
+            _LOGGER.warning(
+                "BT-2 %s: the reader's wall clock stepped by %+.1f s; energy is counted on its monotonic clock",
+                reading.bt2,
+                offset - held[1],
+            )
 
     def _battery_for(self, bt2: str, slave_id: int, now: float) -> Battery:
         layout = self.layout
         device_id = layout.device_id(bt2, slave_id)
         battery = self.batteries.get(device_id)
         if battery is None:
+            if len(self.batteries) >= MAX_BATTERIES:
+                self.stats.dropped["too_many_batteries"] += 1
+                raise Rejected(
+                    "too_many_batteries",
+                    f"{device_id} (BT-2 {bt2}, slave {slave_id}) not served: {MAX_BATTERIES} batteries are "
+                    "already (a device not seen for aggregator.forget_after is removed)",
+                )
             counter = self.orphans.pop(device_id, None)
             if counter is None:
                 counter = EnergyCounter()
@@ -177,8 +315,12 @@ class AggregatorCore:
                 last_seen=now,
             )
             self.batteries[device_id] = battery
-            self.dirty = True
-            if battery.bank_id is None and device_id not in self._unbanked_logged:
+            self.dirty = self.urgent = True
+            if (
+                battery.bank_id is None
+                and device_id not in self._unbanked_logged
+                and len(self._unbanked_logged) < MAX_LOGGED_KEYS
+            ):
                 self._unbanked_logged.add(device_id)
                 _LOGGER.info(
                     "%s (BT-2 %s, slave %d) is in no configured bank (aggregator.banks)",
@@ -213,17 +355,30 @@ class AggregatorCore:
         battery.bt2, battery.slave_id = bt2, slave_id
         battery.name, battery.bank_id = layout.name(bt2, slave_id), layout.bank_of(bt2, slave_id)
         self.stats.takeovers += 1
-        self.dirty = True
+        self.dirty = self.urgent = True
         return battery
 
-    def recover(self, device_id: str, state: DeviceState) -> bool:
-        """Raise counters to a retained state's (a lost state file, or a newer copy); True when one grew."""
+    def recover(
+        self, device_id: str, state: DeviceState, copy: EnergyCounter | None = None, now: float | None = None
+    ) -> bool:
+        """Raise counters to a retained state's (a lost state file, or a newer copy); True when one grew.
+
+        Anyone who can publish on the broker can publish a retained state, so a value is taken only up to
+        a plausible ceiling: what this aggregator knows plus what the rated power could have added since
+        the last save, or for a counter it knows nothing of, MAX_COUNTER_WH per battery.
+        """
         energy = [state.values.get(key) for key in ("energy_in", "energy_out")]
         in_wh, out_wh = (v * 1000 if isinstance(v, float) and v >= 0 else None for v in energy)
+        bank = self.layout.bank(device_id)
+        if copy is not None and bank is None:
+            in_wh, out_wh = copy.in_wh, copy.out_wh  # exact, with the sample they were counted to
         if in_wh is None and out_wh is None:
             return False
-        if self.layout.bank(device_id) is not None:
+        if bank is not None:
+            members = max(1, len(self._members(bank)))
             floor = EnergyCounter(*self.floors.get(device_id, (0.0, 0.0)))
+            if not self._plausible(device_id, floor, (in_wh, out_wh), members):
+                return False
             grew = floor.raise_to(in_wh, out_wh)
             self.floors[device_id] = (floor.in_wh, floor.out_wh)
         else:
@@ -232,10 +387,21 @@ class AggregatorCore:
             if counter is None:
                 if len(self.orphans) >= MAX_ORPHANS or not (in_wh or out_wh):
                     return False
-                counter = self.orphans.setdefault(device_id, EnergyCounter())
-            grew = counter.raise_to(in_wh, out_wh)
+                counter = EnergyCounter()
+            if not self._plausible(device_id, counter, (in_wh, out_wh), 1):
+                return False
+            if battery is None:
+                self.orphans.setdefault(device_id, counter)
+            if copy is not None:
+                if copy.last_ts is not None and copy.last_ts > (self.started if now is None else now) + (
+                    self.settings.max_ahead
+                ):
+                    copy.forget_anchor()  # never resume from a sample in the future
+                grew = counter.adopt(copy, self.settings.max_gap)
+            else:
+                grew = counter.raise_to(in_wh, out_wh)  # an older format: totals only
         if grew:
-            self.dirty = True
+            self.dirty = self.urgent = True
             self.stats.recovered += 1
             _LOGGER.info(
                 "%s: energy counters raised to the retained state's (in %s kWh, out %s kWh)",
@@ -245,9 +411,43 @@ class AggregatorCore:
             )
         return grew
 
-    def link(self, bt2: str, info: LinkInfo) -> None:
-        """The reader's latest word on a BT-2 link (extended profile diagnostics)."""
-        self.links[bt2] = info
+    def _plausible(
+        self,
+        device_id: str,
+        counter: EnergyCounter,
+        values: tuple[float | None, float | None],
+        batteries: int,
+    ) -> bool:
+        if device_id in self._backed:
+            allowance = MAX_PACK_POWER_W * batteries * (self.settings.save_interval + RECOVERY_SLACK)
+            ceilings = (
+                counter.in_wh + allowance / SECONDS_PER_HOUR,
+                counter.out_wh + allowance / SECONDS_PER_HOUR,
+            )
+            why = "more than the rated power could have added since the last save"
+        else:
+            ceilings = (MAX_COUNTER_WH * batteries, MAX_COUNTER_WH * batteries)
+            why = f"more than {MAX_COUNTER_WH / 1000:.0f} kWh per battery"
+        for key, value, ceiling in zip(("energy_in", "energy_out"), values, ceilings, strict=True):
+            if value is not None and value > ceiling:
+                self.stats.recovery_refused += 1
+                _LOGGER.warning(
+                    "%s: retained %s of %.4f kWh refused: %s (counter %.4f kWh). Someone else may publish "
+                    "on renogy/device/#: see the broker ACLs in docs/deploy.md",
+                    device_id,
+                    key,
+                    value / 1000,
+                    why,
+                    (counter.in_wh if key == "energy_in" else counter.out_wh) / 1000,
+                )
+                return False
+        return True
+
+    def link(self, bt2: str, info: LinkInfo, at: float | None = None) -> None:
+        """The reader's latest word on a BT-2 link (extended profile diagnostics); `at`: monotonic receipt."""
+        if bt2 not in self.links and len(self.links) >= MAX_LINKS:
+            del self.links[min(self.links, key=lambda key: self.links[key].ts)]
+        self.links[bt2] = info if at is None else dataclasses.replace(info, ts=at)
 
     def drop(self, reason: str) -> None:
         self.stats.dropped[reason] += 1
@@ -255,6 +455,7 @@ class AggregatorCore:
     # --- outputs -------------------------------------------------------------------------------
 
     def view(self, battery: Battery, now: float) -> BatteryView:
+        """`now` on the aggregator's monotonic clock (the `mono` of accept)."""
         settings = self.settings
         return battery.view(now, settings.stale_after, settings.info_stale_after, self.links.get(battery.bt2))
 
@@ -274,21 +475,27 @@ class AggregatorCore:
             max(old[1], sum(b.counter.out_wh for b in members)),
         )
         if floor != old:
+            if bank_id not in self.floors:
+                self.urgent = True  # a new entry of the state file
             self.floors[bank_id] = floor
             self.dirty = True
         return floor
 
-    def pending(self, now: float) -> list[Outgoing]:
-        """Documents that differ from what was last published (configs before states)."""
-        out: list[Outgoing] = []
+    def pending(self, now: float, mono: float | None = None) -> list[Outgoing]:
+        """Documents that differ from what was last published (configs before states); an empty payload
+        removes a device (a battery not seen for forget_after)."""
+        mono = now if mono is None else mono
+        out = self._expire(mono)
         appeared = [b for _, b in sorted(self.batteries.items()) if b.appeared]
         for battery in appeared:
             self.publisher.offer(
                 out,
                 battery.device_id,
                 battery_config(battery, self.battery_entities),
-                values_of(self.battery_entities, self.view(battery, now)),
+                values_of(self.battery_entities, self.view(battery, mono)),
                 now,
+                mono=mono,
+                counter=self._counter_copy(battery.counter, now),
             )
         for bank in self.layout.banks:
             shown = [b for b in appeared if b.bank_id == bank.id]
@@ -297,12 +504,50 @@ class AggregatorCore:
                     out,
                     bank.id,
                     bank_config(bank, shown, self.bank_entities),
-                    values_of(self.bank_entities, self.bank_view(bank, now)),
+                    values_of(self.bank_entities, self.bank_view(bank, mono)),
                     now,
+                    mono=mono,
                 )
         return out
 
-    def health(self, now: float) -> dict[str, Any]:
+    def _counter_copy(self, counter: EnergyCounter, now: float) -> dict[str, Any]:
+        future = counter.last_ts is not None and counter.last_ts > now + self.settings.max_ahead
+        return counter.to_json(anchor=not future)
+
+    def _expire(self, mono: float) -> list[Outgoing]:
+        """Remove the devices of batteries not seen for forget_after; their counters are kept aside."""
+        out: list[Outgoing] = []
+        limit = self.settings.forget_after
+        for device_id, battery in list(self.batteries.items()):
+            silent = mono - battery.last_seen
+            if silent <= limit:
+                continue
+            del self.batteries[device_id]
+            battery.counter.forget_anchor()
+            while len(self.orphans) >= MAX_ORPHANS:
+                del self.orphans[next(iter(self.orphans))]  # the oldest one set aside
+            self.orphans[device_id] = battery.counter
+            self._reader_clocks.pop(battery.bt2, None)
+            self._ahead_logged.pop(battery.bt2, None)
+            self._unbanked_logged.discard(device_id)
+            self.stats.expired += 1
+            self.dirty = self.urgent = True
+            if self.publisher.owns(device_id):
+                out += [Outgoing(device_id, "config", b""), Outgoing(device_id, "state", b"")]
+            self.publisher.remove(device_id)
+            _LOGGER.warning(
+                "%s (BT-2 %s, slave %d): no reading for %.0f s (aggregator.forget_after %.0f s); device removed, "
+                "its energy counter kept aside",
+                device_id,
+                battery.bt2,
+                battery.slave_id,
+                silent,
+                limit,
+            )
+        return out
+
+    def health(self, now: float, mono: float | None = None) -> dict[str, Any]:
+        mono = now if mono is None else mono
         stats = self.stats
         return {
             "profile": self.settings.profile,
@@ -310,7 +555,10 @@ class AggregatorCore:
             "readings_dropped": dict(stats.dropped),
             "integration": dict(stats.steps),
             "counters_recovered": stats.recovered,
+            "recovery_refused": stats.recovery_refused,
             "takeovers": stats.takeovers,
+            "clock": dict(stats.clock),
+            "expired": stats.expired,
             "batteries_known": len(self.batteries),
             "devices_published": self.publisher.devices,
             "batteries": {
@@ -318,7 +566,7 @@ class AggregatorCore:
                     "bt2": b.bt2,
                     "slave_id": b.slave_id,
                     "bank": b.bank_id,
-                    "last_reading_age_s": None if b.last_ts is None else round(now - b.last_ts, 1),
+                    "last_reading_age_s": None if b.last is None else round(mono - b.last.at, 1),
                     "energy_in_kwh": round(b.counter.in_wh / 1000, 4),
                     "energy_out_kwh": round(b.counter.out_wh / 1000, 4),
                 }

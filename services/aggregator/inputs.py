@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import unicodedata
 from collections import Counter
 from typing import Any
 
@@ -12,6 +13,18 @@ from services.aggregator.model import LinkInfo
 from shared.payloads import PayloadError, loads_object
 
 _BT2 = re.compile(r"^[0-9a-f]{12}$")
+MAX_REASONS = 32
+MAX_LOGGED_TEXT = 200
+
+
+def printable(text: str) -> str:
+    """A topic or reason as it may go into a log line: control and format characters escaped, bounded."""
+    out = "".join(
+        char if char.isprintable() and unicodedata.category(char) != "Cf" else f"\\u{ord(char):04x}"
+        for char in text[:MAX_LOGGED_TEXT]
+    )
+    return out + ("..." if len(text) > MAX_LOGGED_TEXT else "")
+
 
 # (how the message starts or what it contains, reason key in health); first match wins.
 _REASONS = (
@@ -52,8 +65,11 @@ class DropLog:
         self.flush(now)
         if self._start is None:
             self._start = now
+        topic, reason = printable(topic), printable(reason)
         if topic in self._topics or len(self._topics) >= self._limit:
-            self._suppressed[reason] += 1
+            # bounded: the reasons are texts with values in them, so count at most MAX_REASONS of them
+            key = reason if reason in self._suppressed or len(self._suppressed) < MAX_REASONS else "other"
+            self._suppressed[key] += 1
             self._logger.debug("dropped message on %s: %s", topic, reason)
             return
         self._topics.add(topic)

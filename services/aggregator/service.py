@@ -1,7 +1,9 @@
 """The aggregator service: a thin asyncio shell that feeds MQTT messages to the core and publishes its output.
 
-Order of every step: core update -> persist the counters (atomic) -> publish. So a published counter
-is always on disk, and a restart (even after kill -9) resumes at or above it.
+Order of every step: core update -> persist the counters when a save is due -> publish. The state file
+is written at most every aggregator.save_interval (and at once after structural changes, and on
+shutdown), which spares an SD card; the retained device states are the second copy in between, and a
+restart (even after kill -9) resumes at the larger of the two.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any
 
 from services.aggregator.banks import layout_from_config
 from services.aggregator.core import AggregatorCore, Rejected, Settings
+from services.aggregator.energy import EnergyCounter
 from services.aggregator.inputs import DropLog, drop_reason, parse_reader_health
 from services.aggregator.store import StateStore
 from shared.config import Config, ConfigError
 from shared.mqtt import Message
-from shared.payloads import PayloadError, parse_device_state, parse_reading
+from shared.payloads import PayloadError, loads_object, parse_device_state, parse_reading
 from shared.service import ServiceRuntime
 
 _LOGGER = logging.getLogger(__name__)
@@ -29,6 +32,10 @@ TICK_INTERVAL = 2.0
 HEALTH_INTERVAL = 30.0
 RECOVERY_WAIT = 2.0
 CONFLICT_LOG_INTERVAL = 600.0
+FOREIGN_LOG_INTERVAL = 600.0
+MAX_LOGGED = 256  # entries of each "logged lately" dict
+MIN_AHEAD = 5.0  # s; readings may be this far ahead of our clock (or a poll interval, if longer)
+CLOCK_STEP = 2.0  # s; this host's wall clock moving against its monotonic clock by more is a step
 EXIT_OK = 0
 EXIT_CONFIG = 2
 
@@ -41,6 +48,7 @@ class Aggregator:
         config: Config,
         *,
         clock: Callable[[], float] = time.time,
+        mono_clock: Callable[[], float] = time.monotonic,
         tick_interval: float = TICK_INTERVAL,
         health_interval: float = HEALTH_INTERVAL,
         recovery_wait: float = RECOVERY_WAIT,
@@ -48,6 +56,7 @@ class Aggregator:
         self.config = config
         self.cfg = config.aggregator
         self.clock = clock
+        self.mono_clock = mono_clock
         self.tick_interval = tick_interval
         self.health_interval = health_interval
         self.recovery_wait = recovery_wait
@@ -58,8 +67,12 @@ class Aggregator:
             stale_after=stale_after,
             # alarm and status words come with the 5100 and 5104 blocks, read every reader.info_interval only
             info_stale_after=max(stale_after, 3 * config.reader.info_interval),
+            max_ahead=max(config.reader.poll_interval, MIN_AHEAD),
+            save_interval=self.cfg.save_interval,
+            forget_after=self.cfg.forget_after,
+            refresh=stale_after / 3,
         )
-        self.core = AggregatorCore(layout_from_config(self.cfg), settings, started=clock())
+        self.core = AggregatorCore(layout_from_config(self.cfg), settings, started=clock(), mono=mono_clock())
         self.store = StateStore(config.state_dir / f"aggregator-{self.cfg.instance}.json")
         self.runtime = ServiceRuntime(config, SERVICE, self.cfg.instance, on_message=self._on_message)
         self.topics = self.runtime.topics
@@ -70,8 +83,12 @@ class Aggregator:
         self._settle_handle: asyncio.TimerHandle | None = None
         self._drops = DropLog(_LOGGER)
         self._conflicts_logged: dict[tuple[str, str], float] = {}
+        self._foreign_logged: dict[str, float] = {}
+        self._republish: set[str] = set()
         self._persist_failing = False
+        self._last_save: float | None = None
         self._last_health = 0.0
+        self._clock_offset = self.clock() - self.mono_clock()
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -83,6 +100,7 @@ class Aggregator:
         runtime.install_signal_handlers()
         mqtt.subscribe(self.topics.reading_filter)
         mqtt.subscribe(self.topics.device_state("+"))
+        mqtt.subscribe(self.topics.device_config("+"))
         if self.cfg.profile == "extended":
             mqtt.subscribe(self.topics.bridge_health("reader", "+"))
         mqtt.add_connect_handler(self._on_connect)
@@ -103,10 +121,10 @@ class Aggregator:
         finally:
             if self._settle_handle is not None:
                 self._settle_handle.cancel()
-            if self.core.dirty:
-                self._persist(self.clock())
             self._publish_health(self.clock())
             await runtime.stop()
+            if self.core.dirty:  # after the broker connection is closed: nothing can change any more
+                self._persist(self.clock(), self.mono_clock())
         return EXIT_OK
 
     def _restore(self, document: dict[str, Any]) -> bool:
@@ -135,12 +153,29 @@ class Aggregator:
         self._publish_health(now)
 
     def _tick(self) -> None:
-        now = self.clock()
-        self._drops.flush(now)
+        now, mono = self.clock(), self.mono_clock()
+        self._watch_clock(now, mono)
+        self._drops.flush(mono)
+        for device_id in self._republish:
+            self.core.publisher.forget(device_id)
+        self._republish.clear()
         if self.settled:
             self._commit(now)
-        if now - self._last_health >= self.health_interval:
+        if mono - self._last_health >= self.health_interval:
             self._publish_health(now)
+
+    def _watch_clock(self, now: float, mono: float) -> None:
+        """Log a step of this host's wall clock once, with its size (counting goes on regardless)."""
+        offset = now - mono
+        step = offset - self._clock_offset
+        self._clock_offset = offset
+        if abs(step) > CLOCK_STEP:
+            self.core.stats.clock["host_steps"] += 1
+            _LOGGER.warning(
+                "this host's clock stepped by %+.1f s (NTP, fake-hwclock or a manual change); energy is "
+                "counted on monotonic time, values are judged fresh by their age",
+                step,
+            )
 
     # --- inputs ----------------------------------------------------------------------------------
 
@@ -161,14 +196,39 @@ class Aggregator:
         if device is not None:
             if device[1] == "state" and message.retain and message.payload:
                 self._retained_state(device[0], message, now)
+            if not message.retain:  # retained copies at (re)subscribe are older ones of ours
+                self._check_ours(device[0], device[1], message.payload)
             return
         bridge = self.topics.parse_bridge(message.topic)
         if self.cfg.profile == "extended" and bridge is not None and bridge[::2] == ("reader", "health"):
             self._reader_health(message, now)
 
+    def _check_ours(self, device_id: str, kind: str, payload: bytes) -> None:
+        """A config or state of one of our devices that we did not publish (emptied, replaced): publish
+        ours again at the next tick, so nobody else's document stays served."""
+        publisher = self.core.publisher
+        if not self.settled or not publisher.owns(device_id) or publisher.is_ours(device_id, payload):
+            return
+        if kind == "state" and not payload:
+            return  # an empty state changes nothing the gateway serves
+        self._republish.add(device_id)
+        mono = self.mono_clock()
+        last = self._foreign_logged.get(device_id)
+        if last is None or mono - last >= FOREIGN_LOG_INTERVAL:
+            if len(self._foreign_logged) >= MAX_LOGGED:
+                self._foreign_logged.clear()
+            self._foreign_logged[device_id] = mono
+            _LOGGER.warning(
+                "someone else published %s %s %s; publishing ours again (restrict renogy/device/# to the "
+                "aggregator with broker ACLs, docs/deploy.md)",
+                "an empty" if not payload else "a different",
+                kind,
+                device_id,
+            )
+
     def _drop(self, message: Message, reason: str, error: Exception, now: float) -> None:
         self.core.drop(reason)
-        self._drops.dropped(message.topic, str(error), now)
+        self._drops.dropped(message.topic, str(error), self.mono_clock())
 
     def _reading(self, message: Message, bt2: str, slave_id: int, now: float) -> None:
         if not message.payload:
@@ -178,19 +238,25 @@ class Aggregator:
         except PayloadError as exc:
             self._drop(message, drop_reason(exc), exc, now)
             return
+        mono = self.mono_clock()
         try:
-            self.core.accept(reading, now)
+            self.core.accept(reading, now, mono)
         except Rejected as exc:
             if exc.reason == "slave_conflict":
-                self._log_conflict(bt2, str(exc), now)
+                self._log_conflict(bt2, str(exc), mono)
             else:
-                self._drops.dropped(message.topic, str(exc), now)
+                self._drops.dropped(message.topic, str(exc), mono)
             return
         self._commit(now)
 
     def _log_conflict(self, bt2: str, text: str, now: float) -> None:
         key = (text.partition(":")[0], bt2)
         if now - self._conflicts_logged.get(key, -CONFLICT_LOG_INTERVAL) >= CONFLICT_LOG_INTERVAL:
+            if len(self._conflicts_logged) >= MAX_LOGGED:  # bounded: drop what is over, or everything
+                logged = self._conflicts_logged
+                self._conflicts_logged = {k: t for k, t in logged.items() if now - t < CONFLICT_LOG_INTERVAL}
+                if len(self._conflicts_logged) >= MAX_LOGGED:
+                    self._conflicts_logged.clear()
             self._conflicts_logged[key] = now
             _LOGGER.error("%s", text)
         else:
@@ -202,7 +268,7 @@ class Aggregator:
         except PayloadError as exc:
             self._drop(message, "device_state", exc, now)
             return
-        if self.core.recover(device_id, state):
+        if self.core.recover(device_id, state, _counter_copy(message.payload), now):
             self._commit(now)
         self._awaiting.discard(device_id)
         if self._file_loaded and self.core.restored_devices and not self._awaiting and not self.settled:
@@ -217,16 +283,17 @@ class Aggregator:
             self._drop(message, "reader_health", exc, now)
             return
         if parsed is not None:
-            self.core.link(*parsed)
+            self.core.link(*parsed, at=self.mono_clock())
             self._commit(now)
 
     # --- outputs ---------------------------------------------------------------------------------
 
     def _commit(self, now: float) -> None:
-        """Persist what changed, then publish what differs (nothing until recovery is done)."""
-        outgoing = self.core.pending(now) if self.settled else []
-        if self.core.dirty:
-            self._persist(now)
+        """Persist when a save is due, then publish what differs (nothing until recovery is done)."""
+        mono = self.mono_clock()
+        outgoing = self.core.pending(now, mono) if self.settled else []
+        if self.core.save_due(mono, self._last_save):
+            self._persist(now, mono)
         mqtt = self.runtime.mqtt
         for item in outgoing:
             topic = (
@@ -234,38 +301,56 @@ class Aggregator:
                 if item.kind == "config"
                 else (self.topics.device_state(item.device_id))
             )
-            mqtt.publish(topic, item.payload, retain=True)
+            if item.payload:
+                mqtt.publish(topic, item.payload, retain=True)
+            else:
+                mqtt.clear_retained(topic)
 
-    def _persist(self, now: float) -> None:
+    def _persist(self, now: float, mono: float) -> None:
+        self._last_save = mono
         try:
             self.store.save(self.core.snapshot(now))
         except OSError as exc:
             level = logging.DEBUG if self._persist_failing else logging.ERROR
             _LOGGER.log(
                 level,
-                "cannot save energy counters to %s: %s (retrying on the next update)",
+                "cannot save energy counters to %s: %s (retrying every %.0f s; until then the broker's "
+                "retained device states are the only copy)",
                 self.store.path,
                 exc,
+                self.core.settings.save_interval,
             )
             self._persist_failing = True
+            self.core.urgent = False  # retried at the next interval, not on every reading
             return
         if self._persist_failing:
             _LOGGER.info("energy counters saved to %s again", self.store.path)
         self._persist_failing = False
-        self.core.dirty = False
+        self.core.mark_saved()
 
     def _publish_health(self, now: float) -> None:
-        self._last_health = now
+        self._last_health = self.mono_clock()
         self.runtime.publish_health(
             {
-                **self.core.health(now),
+                **self.core.health(now, self.mono_clock()),
                 "settled": self.settled,
                 "recovered_from": self.recovered_from,
                 "state_file": str(self.store.path),
                 "persist_count": self.store.saves,
                 "persist_errors": self.store.errors,
+                "persist_interval_s": self.core.settings.save_interval,
+                "state_file_problem": self.store.problem,
             }
         )
+
+
+def _counter_copy(payload: bytes) -> EnergyCounter | None:
+    """The exact counter a battery's retained state carries (None in older documents or when malformed)."""
+    try:
+        raw = loads_object(payload).get("counter")
+        return None if raw is None else EnergyCounter.from_json(raw)
+    except ValueError:  # PayloadError too
+        return None
 
 
 async def run(

@@ -25,6 +25,7 @@ class StateStore:
         self.path = path
         self.saves = 0
         self.errors = 0
+        self.problem: str | None = None  # why the file cannot be read, when it cannot
 
     def load(self, decode: Callable[[dict[str, Any]], T]) -> T | None:
         """The decoded document; None when there is none or it was corrupt (then moved aside)."""
@@ -32,6 +33,16 @@ class StateStore:
             data = self.path.read_bytes()
         except FileNotFoundError:
             _LOGGER.info("no state file at %s; starting with empty counters", self.path)
+            return None
+        except OSError as exc:  # a directory, no permission, an I/O error: not a reason to crash-loop
+            self.problem = f"{type(exc).__name__}: {exc.strerror or exc}"
+            _LOGGER.error(
+                "cannot read the state file %s (%s); carrying on with the broker's retained device states as "
+                "the only copy of the energy counters. Fix the path (state_dir, RENOGY_STATE_DIR) or remove "
+                "what is in the way",
+                self.path,
+                self.problem,
+            )
             return None
         try:
             obj = orjson.loads(data)
@@ -69,6 +80,8 @@ class StateStore:
     def save(self, document: dict[str, Any]) -> None:
         """Write atomically and durably; raises OSError (the caller counts and logs it)."""
         try:
+            if self.path.is_dir():
+                raise IsADirectoryError(21, "is a directory", str(self.path))
             self._write({"schema": STORE_SCHEMA, **document})
         except OSError:
             self.errors += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from services.gateway.bluetooth import BluetoothHub, parse_advertisements, parse_scanner_state
@@ -18,9 +19,20 @@ class Inbound:
     """Dispatches the gateway's MQTT subscriptions; bad payloads are logged (rate-limited) and dropped."""
 
     def __init__(
-        self, topics: Topics, reader_instance: str, registry: Registry, bluetooth: BluetoothHub
+        self,
+        topics: Topics,
+        reader_instance: str,
+        registry: Registry,
+        bluetooth: BluetoothHub,
+        *,
+        stale_after: float | None = None,
     ) -> None:
         self.topics = topics
+        # A device whose state document has not arrived for this long is served as unknown: the aggregator
+        # republishes every state at least every stale_after / 3, so silence means the aggregator, the
+        # broker or our connection to it is gone (docs/entities.md, Freshness).
+        self.stale_after = stale_after
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
         self.registry = registry
         self.bluetooth = bluetooth
         self.advertisements_topic = topics.advertisements(reader_instance)
@@ -58,12 +70,39 @@ class Inbound:
                 if kind == "config":
                     self._config(ref, message.payload)
                 elif message.payload:
-                    self.registry.set_state(ref, parse_device_state(message.payload))
+                    state = parse_device_state(message.payload)
+                    self.registry.set_state(ref, state)
+                    self._arm_expiry(ref)
         except PayloadError as exc:
             self.bad_payloads += 1
             self._repeat.failure(topic, "dropping a bad payload on %s: %s", topic, exc)
             return
         self._repeat.success(topic)
+
+    def _arm_expiry(self, ref: str) -> None:
+        """Measured from arrival on the loop's monotonic clock (the document's `ts` is another host's wall
+        time): a retained copy served after a reconnect counts as fresh for at most stale_after too."""
+        if self.stale_after is None:
+            return
+        old = self._expiry.pop(ref, None)
+        if old is not None:
+            old.cancel()
+        delay = self.stale_after
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - handle() is always called on the loop by the service
+            return
+        self._expiry[ref] = loop.call_later(delay, self._expire, ref)
+
+    def _expire(self, ref: str) -> None:
+        self._expiry.pop(ref, None)
+        if self.registry.expire(ref):
+            _LOGGER.warning(
+                "device %s: no state for %.0f s (aggregator or broker gone?); its values are unknown until "
+                "one arrives",
+                ref,
+                self.stale_after,
+            )
 
     def _config(self, ref: str, payload: bytes) -> None:
         if not payload:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,17 +54,30 @@ class BatteryCycle:
     bt2: str
     slave_id: int
     ts: float | None = None
+    mono: float | None = (
+        None  # time.monotonic() at `ts`: the aggregator integrates energy over its differences
+    )
     values: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)
     failed: list[int] = field(default_factory=list)
 
-    def add_block(self, start: int, decoded: dict[str, Value], frame: bytes, received_at: float) -> None:
+    def add_block(
+        self,
+        start: int,
+        decoded: dict[str, Value],
+        frame: bytes,
+        received_at: float,
+        received_mono: float | None = None,
+    ) -> None:
+        """`received_mono`: the monotonic time of `received_at` (default: now; the caller adds a block
+        right after receiving it)."""
         for name in PUBLISHED_FIELDS.get(start, ()):
             if name in decoded:
                 self.values[name] = decoded[name]
         self.raw[str(start)] = frame.hex()
         if start == 5042 or self.ts is None:
             self.ts = received_at
+            self.mono = time.monotonic() if received_mono is None else received_mono
 
     def fail_block(self, start: int) -> None:
         self.failed.append(start)
@@ -81,6 +95,8 @@ class BatteryCycle:
             "complete": not self.failed,
             "boot_id": boot_id,
         }
+        if self.mono is not None:
+            body["mono"] = round(self.mono, 3)
         for name in IDENTITY_FIELDS:
             value = getattr(identity, name)
             if value:

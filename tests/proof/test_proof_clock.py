@@ -1,0 +1,184 @@
+"""Wall-clock steps of whole processes (libfaketime): energy keeps counting, values stay fresh.
+
+A Pi has no RTC: fake-hwclock restores a stale time at boot and NTP steps it later, or the clock runs
+ahead and NTP steps it back. The reader and the aggregator run under libfaketime with one shared
+offset file (one Pi, one clock), and the test moves it: +2 years, back to the true time, then 120 s
+back. Monotonic clocks are left alone (FAKETIME_DONT_FAKE_MONOTONIC), as an NTP step leaves them.
+The energy counted across all of it must equal the simulator's truth within 1 %, each step is logged
+with its size, and the client keeps receiving fresh values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.proof.energy_truth import true_energy_wh, true_samples, truth_records
+from tests.proof.support import (
+    SLAVES,
+    ClientWatch,
+    ProofStack,
+    energy_decreases_mqtt,
+    proof_scale,
+    reading_messages,
+    record_figures,
+    write_figures,
+)
+from tests.proof.test_proof_outage import counted_after, counter_of
+from tests.support.brokers import MOSQUITTO, MosquittoBroker
+from tests.support.probe import MqttProbe
+
+LIBFAKETIME = next(
+    (
+        p
+        for p in (
+            Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+            Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"),
+            Path("/usr/lib/faketime/libfaketime.so.1"),
+        )
+        if p.exists()
+    ),
+    None,
+)
+SITE = Path(__file__).resolve().parents[1] / "support" / "faketime_site"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(MOSQUITTO is None, reason="needs Mosquitto"),
+    pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (apt-get install faketime)"),
+]
+
+SPEED = 10.0
+YEARS_2 = 2 * 365 * 86400
+STEPS = (("+2y", YEARS_2), ("+0", -YEARS_2), ("-120", -120))
+CLOCK_ENV = {
+    "RENOGY_POLL_INTERVAL": "1",
+    "RENOGY_SIM_LATENCY_SCALE": "0.05",
+    "RENOGY_REQUEST_TIMEOUT": "0.3",
+    "RENOGY_CONNECT_TIMEOUT": "2",
+    "RENOGY_SIM_SEED": "4000",
+    "RENOGY_SIM_SPEED": str(SPEED),
+    "RENOGY_SAVE_INTERVAL": "2",  # saves during every phase: nothing from the future may stay on disk
+}
+
+
+def faked(stack: ProofStack, offset_file: Path) -> None:
+    for name in ("reader", "aggregator"):
+        stack[name].env.update(
+            {
+                "LD_PRELOAD": str(LIBFAKETIME),
+                "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+                "FAKETIME_NO_CACHE": "1",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                "PYTHONPATH": str(SITE),
+            }
+        )
+
+
+def set_offset(offset_file: Path, spec: str) -> None:
+    """Atomically: libfaketime re-reads the file on every clock call, and a half-written one reads as +0."""
+    tmp = offset_file.with_suffix(".tmp")
+    tmp.write_text(f"{spec}\n")
+    os.replace(tmp, offset_file)
+
+
+def fresh_power_since(watch: ClientWatch, since: float) -> bool:
+    return any(t > since and o == "battery_48_power" and v is not None for t, o, v in watch.states)
+
+
+@pytest.mark.timeout(proof_scale(150, 900))
+async def test_clock_steps_of_the_whole_host(tmp_path: Path) -> None:
+    phase = proof_scale(8.0, 120.0)
+    offset_file = tmp_path / "faketime.rc"
+    offset_file.write_text("+0\n")
+    broker = MosquittoBroker(tmp_path)
+    await broker.start()
+    stack = ProofStack(broker.url, tmp_path, CLOCK_ENV)
+    faked(stack, offset_file)
+    fresh_after_step: list[bool] = []
+    try:
+        async with MqttProbe(broker.url, "renogy/bt2/#", "renogy/device/#") as probe:
+            await stack.start()
+            stack.supervise()
+            watch = ClientWatch(stack.api_port)
+            watch.start()
+            try:
+                await watch.wait_complete(60)
+                started = time.monotonic()
+                await probe.wait_for(lambda: counted_after(probe, started + 1), 30, "counting")
+                before = {s: counter_of(probe, s) for s in SLAVES}
+                for spec, _ in STEPS:
+                    set_offset(offset_file, spec)
+                    stepped = time.monotonic()
+                    await asyncio.sleep(phase)  # running with the stepped clock: an input of the experiment
+                    fresh_after_step.append(fresh_power_since(watch, stepped + 3))
+                mark = time.monotonic()
+                await probe.wait_for(lambda: counted_after(probe, mark + 1), 30, "counting at the end")
+                after = {s: counter_of(probe, s) for s in SLAVES}
+            except BaseException:
+                print(stack.logs())
+                raise
+            finally:
+                await watch.stop()
+                await stack.stop()
+    finally:
+        await broker.stop()
+    truth = truth_records(stack.truth_logs)
+    samples = true_samples(reading_messages(probe), truth, SPEED)
+    counted = true = 0.0
+    per_battery: dict[int, Any] = {}
+    for slave in SLAVES:
+        a, b = before[slave], after[slave]
+        assert a is not None and b is not None
+        charged, discharged, replies = true_energy_wh(
+            truth[slave], samples[slave], a["last_mono"], b["last_mono"], SPEED
+        )
+        gained = b["in_wh"] - a["in_wh"] + b["out_wh"] - a["out_wh"]
+        counted += gained
+        true += charged + discharged
+        per_battery[slave] = {
+            "counted_wh": round(gained, 3),
+            "truth_wh": round(charged + discharged, 3),
+            "replies": replies,
+        }
+    log = stack["aggregator"].log()
+    host_steps = [line for line in log.splitlines() if "this host's clock stepped" in line]
+    reader_steps = [line for line in log.splitlines() if "reader's wall clock stepped" in line]
+    saved = orjson.loads((stack.state_dir / "aggregator-default.json").read_bytes())
+    anchors = [b["counter"]["last_ts"] for b in saved["batteries"].values() if b["counter"]["last_ts"]]
+    figures = {
+        "steps": [spec for spec, _ in STEPS],
+        "phase_s": phase,
+        "energy_counted_wh": round(counted, 3),
+        "energy_truth_wh": round(true, 3),
+        "error_pct": round(100 * abs(counted - true) / true, 3),
+        "batteries": per_battery,
+        "host_step_lines": len(host_steps),
+        "reader_step_lines": len(reader_steps),
+        "fresh_values_after_each_step": fresh_after_step,
+        "latest_anchor_ahead_of_real_time_s": round(max(anchors) - time.time(), 1) if anchors else None,
+        "unhandled_exceptions": sum(len(v) for v in stack.unhandled().values()),
+    }
+    write_figures("clock_steps", figures)
+    assert true > 1.0
+    assert abs(counted - true) <= 0.01 * true, figures
+    for _, size in STEPS:
+        text = f"{size:+.1f}"
+        assert any(text in line for line in host_steps), (text, host_steps)
+        assert any(text in line for line in reader_steps), (text, reader_steps)
+    assert len(host_steps) <= 2 * len(STEPS) and len(reader_steps) <= 2 * len(STEPS), (
+        host_steps,
+        reader_steps,
+    )
+    assert all(fresh_after_step), fresh_after_step
+    assert anchors and max(anchors) <= time.time() + 5  # nothing from the future on disk
+    assert not energy_decreases_mqtt(probe)
+    assert not stack.unhandled(), stack.unhandled()
+    assert not stack.exits, stack.exits
+    record_figures("clock_steps", figures)
