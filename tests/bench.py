@@ -43,7 +43,7 @@ DOCS = ROOT / "docs"
 HISTORY = DOCS / "benchmarks.json"
 MARKDOWN = DOCS / "benchmarks.md"
 OLD_MONOLITH_CPU_S_PER_MIN = 0.34
-BENCHES = ("reader", "bluez", "latency", "gateway", "resources", "footprint", "startup")
+BENCHES = ("reader", "bluez", "proxy", "airtime", "latency", "gateway", "resources", "footprint", "startup")
 # The system we replace, run unchanged on our simulator side by side with this stack (issue 15): the
 # reference row of the footprint table. Its totals include ~0.4 s/min of the simulator's own scanner.
 MONOLITH = {
@@ -567,6 +567,20 @@ async def bench_resources(window: float) -> dict[str, Any]:
     return {"poll_120s": slow, "poll_30s": default}
 
 
+async def _bench_proxy(quick: bool) -> dict[str, Any]:
+    """Active proxy: connect, GATT read round trip and notification latency through the whole stack."""
+    from tests.bench_proxy import bench_proxy
+
+    return await bench_proxy(reads=10 if quick else 50, notifications=40 if quick else 200)
+
+
+async def _bench_airtime(quick: bool) -> dict[str, Any]:
+    """Scanner duty cycle and pause during reads: cycle time and adverts forwarded per minute."""
+    from tests.bench_airtime import bench_airtime
+
+    return await bench_airtime(window=15.0 if quick else 60.0)
+
+
 async def _bench_footprint(quick: bool) -> dict[str, Any]:
     from tests.bench_footprint import bench_footprint
 
@@ -630,6 +644,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "reader": lambda: bench_reader_figures(args.quick),
         "bluez": lambda: bench_bluez_figures(args.quick),
+        "proxy": lambda: _bench_proxy(args.quick),
+        "airtime": lambda: _bench_airtime(args.quick),
         "latency": lambda: bench_latency(10.0 if args.quick else 60.0),
         "gateway": lambda: bench_gateway_figures(args.quick),
         "resources": lambda: bench_resources(args.window if args.window else (20.0 if args.quick else 240.0)),
