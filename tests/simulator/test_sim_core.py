@@ -28,7 +28,9 @@ from shared.registers import (
 )
 from shared.timing import notification_count
 
-VECTORS = Path("/work/shared/vectors/renogy-frames.json")
+# The captured frames: the copy shipped with the tests (identical to ../shared/vectors, which a CI
+# clone may not have at the same absolute path).
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "renogy-frames.json"
 BLOCKS = [BLOCK_STATUS, BLOCK_CELLS, BLOCK_INFO, (5042, 6), (5100, 8), (5122, 8), (5223, 1)]
 
 
