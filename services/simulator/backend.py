@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from bleak.args import SizedBuffer
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.backends.client import BaseBleakClient, NotifyCallback
+from bleak.backends.client import NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
@@ -20,6 +20,7 @@ from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 from .bank import Action, BankSimulator, LinkDrop, Notification
 from .faults import ADAPTER_NO_DBUS, HANG_IN_CONNECT, HANG_IN_START_NOTIFY, Fault, FaultKind
 from .gatt import NOTIFY_CHAR_HANDLE, WRITE_CHAR_UUID, WRITE_SERVICE_UUID, build_services
+from .link import SimLinkClient
 from .registry import simulator_for
 
 _LOGGER = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 CCCD_NOTIFY = b"\x01\x00"
 
 
-class SimBT2Client(BaseBleakClient):
+class SimBT2Client(SimLinkClient):
     """A BT-2 reached over a simulated BLE link; finds its simulator in BLEDevice.details or the registry."""
 
     def __init__(
@@ -40,10 +41,7 @@ class SimBT2Client(BaseBleakClient):
         **kwargs: Any,
     ) -> None:
         super().__init__(address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout)
-        details = address_or_ble_device.details if isinstance(address_or_ble_device, BLEDevice) else None
-        self._sim: BankSimulator | None = details if isinstance(details, BankSimulator) else None
-        self._connected = False
-        self._callbacks: dict[int, NotifyCallback] = {}
+        self._sim: BankSimulator | None = self._details(address_or_ble_device, BankSimulator)
         self._values: dict[int, bytes] = {}
         self._queue: list[tuple[float, int, Action]] = []
         self._seq = itertools.count()
@@ -61,7 +59,7 @@ class SimBT2Client(BaseBleakClient):
         if self._sim is None:
             self._sim = simulator_for(self.address)
         if self._sim is None:
-            raise BleakDeviceNotFoundError(self.address, f"Device with address {self.address} was not found.")
+            raise self._not_found()
         return self._sim
 
     @property
@@ -73,11 +71,6 @@ class SimBT2Client(BaseBleakClient):
     def mtu_size(self) -> int:
         """The ATT MTU the simulated BT-2 negotiates."""
         return self.simulator.mtu
-
-    @property
-    def is_connected(self) -> bool:
-        """True while the simulated link is up."""
-        return self._connected
 
     @property
     def pending_notifications(self) -> int:
@@ -125,16 +118,6 @@ class SimBT2Client(BaseBleakClient):
         self._notify_fault = fault if fault is not None and fault.variant == HANG_IN_START_NOTIFY else None
         self._connected = True
         _LOGGER.debug("simulated link to %s up (MTU %d)", self.address, sim.mtu)
-
-    async def disconnect(self) -> None:
-        """Drop the link; pending notifications are discarded."""
-        if not self._connected:
-            return
-        self._teardown()
-        await asyncio.sleep(0)
-        if self._disconnected_callback is not None:
-            # BlueZ reports solicited disconnects too.
-            self._disconnected_callback()
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
         """A BT-2 needs no pairing."""

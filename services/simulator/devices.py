@@ -33,7 +33,7 @@ from typing import Any, Final
 from bleak.args import SizedBuffer
 from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.backends.client import BaseBleakClient, NotifyCallback
+from bleak.backends.client import NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
@@ -43,6 +43,7 @@ from bleak.uuids import normalize_uuid_16
 from shared.timing import DEFAULT_TIMING, TimingModel
 
 from .adverts import PUBLIC, SimAdvertisement, _advertisement
+from .link import SimLinkClient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def _not_permitted(what: str) -> BleakDBusError:
     return BleakDBusError("org.bluez.Error.NotPermitted", [f"{what} not permitted"])
 
 
-class SimPeripheralClient(BaseBleakClient):
+class SimPeripheralClient(SimLinkClient):
     """``BleakClient(address, backend=SimPeripheralClient)``: a link to a registered SimPeripheral."""
 
     def __init__(
@@ -294,10 +295,7 @@ class SimPeripheralClient(BaseBleakClient):
         **kwargs: Any,
     ) -> None:
         super().__init__(address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout)
-        details = address_or_ble_device.details if isinstance(address_or_ble_device, BLEDevice) else None
-        self._peripheral: SimPeripheral | None = details if isinstance(details, SimPeripheral) else None
-        self._connected = False
-        self._callbacks: dict[int, NotifyCallback] = {}
+        self._peripheral: SimPeripheral | None = self._details(address_or_ble_device, SimPeripheral)
         self._pending: set[asyncio.TimerHandle] = set()
 
     @property
@@ -305,16 +303,12 @@ class SimPeripheralClient(BaseBleakClient):
         if self._peripheral is None:
             self._peripheral = peripheral_for(self.address)
         if self._peripheral is None:
-            raise BleakDeviceNotFoundError(self.address, f"Device with address {self.address} was not found.")
+            raise self._not_found()
         return self._peripheral
 
     @property
     def mtu_size(self) -> int:
         return self.peripheral.mtu
-
-    @property
-    def is_connected(self) -> bool:
-        return self._connected
 
     @property
     def name(self) -> str:
@@ -358,14 +352,6 @@ class SimPeripheralClient(BaseBleakClient):
                 if char_spec.cccd is not None:
                     collection.add_descriptor(BleakGATTDescriptor(None, char_spec.cccd, CCCD_UUID, char))
         return collection
-
-    async def disconnect(self) -> None:
-        if not self._connected:
-            return
-        self._teardown()
-        await asyncio.sleep(0)
-        if self._disconnected_callback is not None:
-            self._disconnected_callback()
 
     def _teardown(self) -> None:
         self._connected = False
