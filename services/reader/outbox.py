@@ -24,6 +24,7 @@ _LOGGER = logging.getLogger(__name__)
 MAX_READINGS = 20_000  # ~16 MB of payloads at most, whatever reader.outage_buffer says
 BATCH = 100  # publishes in flight at once (paho's max_inflight_messages)
 ACK_TIMEOUT = 10.0  # s to wait for the broker's PUBACKs of a batch before trying again
+CONSUMER_WAIT = 10.0  # s a backlog waits for the aggregator after a reconnect before going anyway
 
 
 def capacity_for(outage_buffer: float, poll_interval: float, batteries: int) -> int:
@@ -49,7 +50,29 @@ class Outbox:
         self.peak = 0
         self._dropping = False
         self._backlog_logged = False
-        mqtt.add_connect_handler(self._wake.set)
+        # A backlog waits, after each (re)connect, until the consumer (the aggregator) is seen online:
+        # a broker that restarted without its sessions delivers QoS 1 only to subscriptions that
+        # exist, so a backlog flushed before the aggregator has resubscribed would be lost to it.
+        self.gated = False
+        self._connected_at = time.monotonic()
+        self._consumer_at: float | None = None
+        mqtt.add_connect_handler(self._on_connect)
+
+    def _on_connect(self) -> None:
+        self._connected_at = time.monotonic()
+        self._wake.set()
+
+    def consumer_online(self) -> None:
+        """The aggregator announced itself online (its subscriptions are in place before it does)."""
+        self._consumer_at = time.monotonic()
+        self._wake.set()
+
+    def _consumer_ready(self) -> bool:
+        if not self.gated:
+            return True
+        if self._consumer_at is not None and self._consumer_at >= self._connected_at:
+            return True
+        return time.monotonic() - self._connected_at >= CONSUMER_WAIT
 
     def __len__(self) -> int:
         return len(self._items)
@@ -98,6 +121,13 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             backlog = len(self._items)
+            if backlog > 1 and self.mqtt.connected.is_set() and not self._consumer_ready():
+                # Look again when the aggregator shows up, or at the deadline at the latest.
+                wait = max(0.05, CONSUMER_WAIT - (time.monotonic() - self._connected_at))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                self._wake.set()
+                continue
             if backlog > BATCH and self.mqtt.connected.is_set():
                 _LOGGER.info("publishing %d readings kept while the broker was unreachable", backlog)
                 self._backlog_logged = True

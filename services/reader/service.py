@@ -157,6 +157,7 @@ class Reader:
     async def start(self) -> None:
         """Connect to MQTT (in the background), open the capture file, start scanning."""
         self.runtime.mqtt.subscribe(self.topics.scanner_set(self.cfg.instance))
+        self.runtime.mqtt.subscribe(self.topics.bridge_state("aggregator", "+"))
         if self.proxy is not None:
             for topic_filter, qos in self.proxy.filters:
                 self.runtime.mqtt.subscribe(topic_filter, qos)
@@ -495,6 +496,7 @@ class Reader:
         if self._outbox is None:
             capacity = capacity_for(self.cfg.outage_buffer, self.cfg.poll_interval, len(self.cfg.batteries))
             self._outbox = Outbox(self.runtime.mqtt, capacity)
+            self._outbox.gated = True  # a backlog waits for the aggregator after a reconnect
         self._outbox.put(self.topics.reading(reading.bt2, reading.slave_id), dumps(payload))
         self.stats.readings_published += 1
 
@@ -570,6 +572,11 @@ class Reader:
     def _on_message(self, message: Message) -> None:
         if self.proxy is not None and self.proxy.handle(message):
             return
+        if self._is_aggregator_state(message.topic):
+            with contextlib.suppress(PayloadError):
+                if loads_object(message.payload).get("state") == "online" and self._outbox is not None:
+                    self._outbox.consumer_online()
+            return
         if message.topic != self.topics.scanner_set(self.cfg.instance) or message.retain:
             return
         try:
@@ -582,6 +589,10 @@ class Reader:
         if mode != self.scanner.mode:
             _LOGGER.info("scanner mode %s requested", mode)
             asyncio.get_running_loop().create_task(self.scanner.restart(mode))
+
+    def _is_aggregator_state(self, topic: str) -> bool:
+        prefix, _, rest = topic.partition("/bridge/aggregator/")
+        return prefix == self.topics.root and rest.endswith("/state") and rest.count("/") == 1
 
     def _on_exchange(self, exchange: Exchange) -> None:
         if self._capture is None:

@@ -59,3 +59,30 @@ async def _disconnected(client: MqttClient) -> None:
         if not client.connected.is_set():
             return
         await asyncio.sleep(0.02)  # polling the client's own flag
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="needs a Mosquitto it can stop and start")
+async def test_backlog_waits_for_the_aggregator_after_a_reconnect(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A broker restarted without sessions delivers QoS 1 only to subscriptions that exist again."""
+    broker = MosquittoBroker(tmp_path)
+    await broker.start()
+    client = MqttClient(MqttConfig(url=broker.url, reconnect_max_delay=0.2), "test-outbox-gated")
+    outbox = Outbox(client, capacity=50)
+    outbox.gated = True
+    try:
+        await client.start()
+        assert await client.wait_connected(10)
+        await broker.stop()
+        await asyncio.wait_for(_disconnected(client), 10)
+        for i in range(10):
+            outbox.put(TOPIC, str(i).encode())
+        await broker.start()
+        assert await client.wait_connected(15)
+        assert len(outbox) == 10  # held: no aggregator has announced itself since the reconnect
+        outbox.consumer_online()
+        await asyncio.wait_for(outbox._drained.wait(), 15)
+        assert outbox.published == 10 and not len(outbox)
+    finally:
+        await outbox.close()
+        await client.stop()
+        await broker.stop()
