@@ -8,15 +8,15 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import orjson
 
-from shared.config import Config, ConfigError, load_config
+from services.options import CONFIG_ENV, config_from, overrides_from
+from shared.config import Config, ConfigError, SettingInfo, settings
 from shared.logsetup import setup_logging, version
 
-CONFIG_ENV = "RENOGY_CONFIG"
-
+__all__ = ["COMMANDS", "CONFIG_ENV", "build_parser", "config_from", "main", "overrides_from"]
 
 def _ids(text: str) -> list[int]:
     try:
@@ -25,7 +25,60 @@ def _ids(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated slave ids, got {text!r}") from None
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+# A setting-backed flag that means something particular in one command: a note after its help.
+NOTES: dict[tuple[str, str], str] = {
+    ("scan", "simulator.enabled"): "scan: list the simulated BT-2 instead",
+    ("healthcheck", "gateway.api_port"): "healthcheck gateway: the API port to probe",
+    ("migrate", "reader.bt2_address"): "migrate --energy: the BT-2 the imported totals belong to",
+}
+# Sections whose flags appear under their own heading in --help (the others under "options").
+_GROUPED = ("reader", "simulator", "aggregator", "gateway")
+
+
+def shown_default(info: SettingInfo) -> str:
+    """A setting's default as --help shows it."""
+    default = info.default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, list):
+        return ",".join(map(str, default)) or "none"
+    return "unset" if default is None else str(default)
+
+
+def setting_help(info: SettingInfo, command: str) -> str:
+    """The --help text of a setting's flag in one command: the table's help, default and variable."""
+    text = info.help
+    if info.base is bool and info.cli[0].startswith("--no-"):
+        text = f"do not {text[:1].lower()}{text[1:]}"  # boolean helps are imperatives: "Announce ..."
+    note = NOTES.get((command, info.path))
+    if note:
+        text += f"; {note}"
+    if info.secret:
+        text += f"; {info.env} is safer: the command line shows in `ps`"
+    return f"{text} (default {shown_default(info)}; env {info.env})"
+
+
+def _arg_type(info: SettingInfo) -> Callable[[str], Any] | None:
+    if info.base in (int, float, Path):
+        converter: Callable[[str], Any] = info.base
+        return converter
+    if info.base is str:
+        return None
+    if get_origin(info.base) is list and get_args(info.base) == (int,):
+        return _ids
+    raise TypeError(f"{info.path}: no command-line form for {info.base!r}")  # pragma: no cover
+
+
+def command_settings(command: str) -> list[SettingInfo]:
+    """The settings whose flags `command` takes, in table order."""
+    return [info for info in settings() if command in info.commands]
+
+
+def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
+    """--config, then every setting-backed option of `command`, generated from the settings table."""
+    table = command_settings(command)
+    if not table:
+        return
     parser.add_argument(
         "--config",
         type=Path,
@@ -33,140 +86,25 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"TOML configuration file (env {CONFIG_ENV}); every key also has an env variable",
     )
-    parser.add_argument(
-        "--mqtt",
-        dest="mqtt.url",
-        metavar="URL",
-        help="broker URL, e.g. mqtt://127.0.0.1:1883 or mqtt://user:password@host:1883",
-    )
-    parser.add_argument("--root-topic", dest="mqtt.root_topic", metavar="TOPIC", help="first topic level")
-    parser.add_argument(
-        "--state-dir", dest="state_dir", type=Path, metavar="DIR", help="directory for persistent state"
-    )
-    parser.add_argument(
-        "--log-level", dest="log_level", choices=("debug", "info", "warning", "error"), help="log level"
-    )
-
-
-def _add_reader(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("reader")
-    group.add_argument("--bt2-address", dest="reader.bt2_address", metavar="MAC", help="BT-2 MAC address")
-    group.add_argument(
-        "--bt2-name", dest="reader.bt2_name", metavar="NAME", help="BT-2 name, e.g. BT-TH-E3383D0E"
-    )
-    group.add_argument(
-        "--batteries",
-        dest="reader.batteries",
-        type=_ids,
-        metavar="IDS",
-        help="Modbus slave ids, e.g. 48,49,50,51",
-    )
-    group.add_argument(
-        "--poll-interval",
-        dest="reader.poll_interval",
-        type=float,
-        metavar="S",
-        help="seconds between cycle starts (0 = back to back)",
-    )
-    group.add_argument("--adapter", dest="reader.adapter", metavar="HCI", help="Bluetooth adapter, e.g. hci1")
-    group.add_argument(
-        "--ble-backend", dest="reader.backend", metavar="MODULE:CLASS", help="custom bleak client backend"
-    )
-    group.add_argument(
-        "--capture",
-        dest="reader.capture_file",
-        type=Path,
-        metavar="FILE",
-        help="append every request/response with timing as JSON lines",
-    )
-    sim = parser.add_argument_group("simulator")
-    sim.add_argument(
-        "--simulate",
-        dest="simulator.enabled",
-        action="store_const",
-        const=True,
-        help="use the built-in BT-2 + battery-bank simulator",
-    )
-    sim.add_argument(
-        "--sim-batteries", dest="simulator.batteries", type=_ids, metavar="IDS", help="simulated slave ids"
-    )
-    sim.add_argument(
-        "--sim-address", dest="simulator.address", metavar="MAC", help="simulated BT-2 MAC address"
-    )
-    sim.add_argument(
-        "--sim-name", dest="simulator.name", metavar="NAME", help="simulated BT-2 advertised name"
-    )
-    sim.add_argument(
-        "--sim-speed",
-        dest="simulator.speed",
-        type=float,
-        metavar="X",
-        help="simulated-time acceleration of the battery physics",
-    )
-    sim.add_argument(
-        "--sim-seed", dest="simulator.seed", type=int, metavar="N", help="random seed of physics and faults"
-    )
-    sim.add_argument(
-        "--sim-fault-rate",
-        dest="simulator.fault_rate",
-        type=float,
-        metavar="P",
-        help="share of requests hit by an injected fault (0..1)",
-    )
-    sim.add_argument("--sim-mtu", dest="simulator.mtu", type=int, metavar="BYTES", help="ATT MTU: 251 or 23")
-    sim.add_argument(
-        "--sim-latency-scale",
-        dest="simulator.latency_scale",
-        type=float,
-        metavar="X",
-        help="multiplier of the modelled BLE latencies (0 = instant)",
-    )
-    sim.add_argument(
-        "--sim-truth-log",
-        dest="simulator.truth_log",
-        type=Path,
-        metavar="FILE",
-        help="write every genuine reply as JSON lines",
-    )
-
-
-def _add_aggregator(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("aggregator")
-    group.add_argument(
-        "--profile",
-        dest="aggregator.profile",
-        choices=("default", "extended"),
-        help="entity set (default: 55 entities for 4 batteries)",
-    )
-
-
-def _add_gateway(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("gateway")
-    group.add_argument(
-        "--api-port",
-        dest="gateway.api_port",
-        type=int,
-        metavar="PORT",
-        help="ESPHome native API port (default 6053)",
-    )
-    group.add_argument(
-        "--api-key",
-        dest="gateway.api_key",
-        metavar="KEY",
-        help="Noise encryption key, base64 (env RENOGY_API_KEY is safer: not in `ps`)",
-    )
-    group.add_argument(
-        "--name", dest="gateway.name", metavar="NAME", help="node name, [a-z0-9-], <= 31 characters"
-    )
-    group.add_argument(
-        "--no-mdns", dest="gateway.mdns", action="store_const", const=False, help="do not announce on mDNS"
-    )
-    group.add_argument(
-        "--entity-naming",
-        dest="gateway.entity_naming",
-        choices=("default", "legacy"),
-        help="legacy: the entity ids of jorik41/renogy-bt, for a switch that keeps Home Assistant's history",
-    )
+    groups: dict[str, Any] = {}
+    for info in table:
+        section = info.path.rpartition(".")[0]
+        target: Any = parser
+        if section in _GROUPED:
+            target = groups.get(section) or groups.setdefault(section, parser.add_argument_group(section))
+        text = setting_help(info, command).replace("%", "%%")
+        if info.base is bool:
+            const = not info.cli[0].startswith("--no-")
+            target.add_argument(*info.cli, dest=info.path, action="store_const", const=const, help=text)
+            continue
+        target.add_argument(
+            *info.cli,
+            dest=info.path,
+            type=_arg_type(info),
+            choices=info.choices,
+            metavar=None if info.choices else info.metavar,
+            help=text,
+        )
 
 
 # What each subcommand's --help shows above and below its options: a description and examples.
@@ -272,30 +210,8 @@ def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
         epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_settings(parser, name)
     return parser
-
-
-def _setting_defaults(parser: argparse.ArgumentParser) -> None:
-    """Append "(default ...; env ...)" from the settings table to every option that sets a setting."""
-    from shared.config import settings  # noqa: PLC0415
-
-    table = {info.path: info for info in settings()}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _setting_defaults(child)
-            continue
-        info = table.get(action.dest)
-        if info is None or not action.help or "(default" in action.help:
-            continue
-        default = info.default
-        if isinstance(default, bool):
-            shown = "true" if default else "false"
-        elif isinstance(default, list):
-            shown = ",".join(map(str, default)) or "none"
-        else:
-            shown = "unset" if default is None else str(default)
-        action.help += f" (default {shown}; env {info.env})"
 
 
 class _VersionAction(argparse.Action):
@@ -315,10 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = _command(sub, "run", "broker (if needed) + reader + aggregator + gateway under a supervisor")
-    _add_common(run)
-    _add_reader(run)
-    _add_aggregator(run)
-    _add_gateway(run)
     run.add_argument(
         "--broker-port", type=int, default=1883, help="port of the embedded broker (default 1883)"
     )
@@ -329,26 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
         "BlueZ (as `simulate-bluez`) instead of the simulator backend",
     )
 
-    reader = _command(sub, "reader", "BLE reader: BT-2 -> raw readings and advertisements on MQTT")
-    _add_common(reader)
-    _add_reader(reader)
-    reader.add_argument("--instance", dest="reader.instance", help="instance name in bridge topics")
+    _command(sub, "reader", "BLE reader: BT-2 -> raw readings and advertisements on MQTT")
 
-    aggregator = _command(sub, "aggregator", "readings -> Home Assistant device documents")
-    _add_common(aggregator)
-    _add_aggregator(aggregator)
-    aggregator.add_argument("--instance", dest="aggregator.instance", help="instance name in bridge topics")
+    _command(sub, "aggregator", "readings -> Home Assistant device documents")
 
-    gateway = _command(sub, "gateway", "ESPHome native API server and Bluetooth proxy")
-    _add_common(gateway)
-    _add_gateway(gateway)
-    gateway.add_argument("--instance", dest="gateway.instance", help="instance name in bridge topics")
+    _command(sub, "gateway", "ESPHome native API server and Bluetooth proxy")
 
     broker = _command(sub, "broker", "the embedded MQTT broker (amqtt)")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     broker.add_argument("--port", type=int, default=1883, help="port to listen on (default %(default)s)")
     broker.add_argument(
         "--log-level",
+        dest="broker_log_level",
         default="info",
         choices=("debug", "info", "warning", "error"),
         help="(default %(default)s)",
@@ -368,28 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = _command(sub, "scan", "list nearby BT-2 modules")
     scan.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help=f"TOML configuration file (env {CONFIG_ENV})",
-    )
-    scan.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="seconds to scan (default %(default)s)"
     )
-    scan.add_argument("--adapter", dest="reader.adapter", metavar="HCI", help="Bluetooth adapter, e.g. hci1")
-    scan.add_argument(
-        "--simulate",
-        dest="simulator.enabled",
-        action="store_const",
-        const=True,
-        help="scan the built-in simulator instead",
-    )
-    scan.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
 
-    simulate_bluez = _command(sub, "simulate-bluez", "a private system bus with a stand-in BlueZ serving the simulator")
-    _add_common(simulate_bluez)
-    _add_reader(simulate_bluez)
+    _command(sub, "simulate-bluez", "a private system bus with a stand-in BlueZ serving the simulator")
 
     _command(sub, "keygen", "print a new Noise encryption key for gateway.api_key")
 
@@ -398,7 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("diagnose", "versions, effective config (secrets masked), adapter and broker checks"),
     ):
         tool = _command(sub, name, text)
-        _add_common(tool)
         tool.add_argument(
             "--timeout",
             type=float,
@@ -424,28 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     health = _command(
         sub, "healthcheck", "is this service online and heard from recently? (docker healthcheck; exit 0/1/2)"
     )
-    _add_common(health)
     health.add_argument("service", choices=("reader", "aggregator", "gateway"), help="the service to check")
     health.add_argument("--instance", default=None, help="instance name (default: from the configuration)")
-    health.add_argument(
-        "--api-port",
-        dest="gateway.api_port",
-        type=int,
-        metavar="PORT",
-        help="gateway: the ESPHome API port to probe",
-    )
     health.add_argument(
         "--timeout", type=float, default=5.0, help="seconds for the whole check (default %(default)s)"
     )
 
     migrate = _command(sub, "migrate", "from jorik41/renogy-bt: config.ini -> TOML, energy_totals.json -> counters")
-    _add_common(migrate)
     migrate.add_argument("ini", nargs="?", type=Path, metavar="CONFIG_INI", help="the old config.ini to convert")
     migrate.add_argument(
         "--energy", type=Path, metavar="FILE", help="the old energy_totals.json to import into our counters"
-    )
-    migrate.add_argument(
-        "--bt2-address", dest="reader.bt2_address", metavar="MAC", help="the BT-2 the totals belong to"
     )
     migrate.add_argument(
         "--alias", default=None, help="the old [device] alias whose totals to import (when the file has several)"
@@ -460,27 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n" + "\n".join(f"  {e}" for e in DESCRIPTIONS["config"][1]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_common(check)
-    _add_reader(check)
-    _add_aggregator(check)
-    _add_gateway(check)
-    _setting_defaults(parser)
+    _add_settings(check, "config")
     return parser
-
-
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    """Dotted setting paths given on the command line (argparse dests are the setting paths)."""
-    return {
-        key: value
-        for key, value in vars(args).items()
-        if "." in key or key in ("state_dir", "log_level")
-        if value is not None
-    }
-
-
-def config_from(args: argparse.Namespace) -> Config:
-    path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
-    return load_config(path, overrides=overrides_from(args))
 
 
 def _run_service(
@@ -524,7 +378,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     from services.broker import BrokerUnavailable, serve  # noqa: PLC0415
 
-    setup_logging(args.log_level, "broker")
+    setup_logging(args.broker_log_level, "broker")
     try:
         asyncio.run(serve(args.host, args.port))
     except BrokerUnavailable as exc:

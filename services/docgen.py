@@ -57,20 +57,8 @@ SECTION_TITLES = {
 
 
 def _cli_options() -> dict[str, list[str]]:
-    """Setting path -> command-line options, read from the real parser (dests are setting paths)."""
-    from services.cli import build_parser  # noqa: PLC0415 - avoid importing the CLI for the TOML only
-
-    found: dict[str, set[str]] = {}
-    for action in build_parser()._actions:
-        if not isinstance(action, argparse._SubParsersAction):
-            continue
-        for sub in action.choices.values():
-            for option in sub._actions:
-                if option.option_strings and option.dest != "help":
-                    found.setdefault(option.dest, set()).update(
-                        s for s in option.option_strings if s.startswith("--")
-                    )
-    return {dest: sorted(options) for dest, options in found.items()}
+    """Setting path -> command-line options, from the settings table (services/cli.py builds them from it)."""
+    return {info.path: sorted(info.cli) for info in settings() if info.cli}
 
 
 def _section(info: SettingInfo) -> tuple[str, str]:

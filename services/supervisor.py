@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.mqtt_probe import Answer, port_free, probe
+from services.options import CONFIG_ENV, overrides_from
 from shared.config import Config, env_for
 from shared.mqtt_url import parse_url
 
@@ -125,7 +126,7 @@ def _die_with_parent() -> None:
 def _explicit_mqtt_url(args: argparse.Namespace) -> bool:
     if getattr(args, "mqtt.url", None) or os.environ.get("RENOGY_MQTT_URL"):
         return True
-    path = args.config or (Path(os.environ["RENOGY_CONFIG"]) if os.environ.get("RENOGY_CONFIG") else None)
+    path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is None:
         return False
     with path.open("rb") as handle:
@@ -139,8 +140,6 @@ def _bt2_configured(config: Config) -> bool:
 
 def plan(args: argparse.Namespace, config: Config) -> tuple[list[Child], str | None]:
     """The children to run and the broker URL the services use (None = embedded broker to start)."""
-    from services.cli import overrides_from  # noqa: PLC0415 - avoid a cycle at import time
-
     overrides = overrides_from(args)
     children: list[Child] = []
     broker_url = config.mqtt.url

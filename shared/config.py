@@ -42,6 +42,14 @@ DEFAULT_NODE_NAME = "renogy-bt-proxy"
 DEFAULT_FRIENDLY_NAME = "Renogy BT Proxy"
 
 
+# Subcommands that take a setting's command-line flag (services/cli.py; "config" is `config check`).
+CLI_SERVICES = ("run", "reader", "aggregator", "gateway")
+CLI_COMMON = (*CLI_SERVICES, "simulate-bluez", "status", "diagnose", "healthcheck", "migrate", "config")
+CLI_READER = ("run", "reader", "simulate-bluez", "config")
+CLI_AGGREGATOR = ("run", "aggregator", "config")
+CLI_GATEWAY = ("run", "gateway", "config")
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range; the message names the key."""
 
@@ -55,7 +63,18 @@ def setting(
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
+    cli: tuple[str, ...] = (),
+    commands: tuple[str, ...] = (),
+    metavar: str | None = None,
 ) -> Any:
+    """A configurable key: default, environment variable and help; optionally its command-line flag.
+
+    ``cli`` names the flag (``--no-...`` for a boolean flag that sets false, any other name on a
+    boolean sets true) and ``commands`` the subcommands that take it; services/cli.py generates those
+    options (type, choices, help with default and variable) and docs/configuration.md lists them.
+    """
+    if bool(cli) != bool(commands):
+        raise ValueError(f"setting {env}: cli and commands go together")
     meta = {
         "env": env,
         "help": help,
@@ -63,6 +82,9 @@ def setting(
         "choices": choices,
         "minimum": minimum,
         "maximum": maximum,
+        "cli": cli,
+        "commands": commands,
+        "metavar": metavar,
     }
     if isinstance(default, list | dict):
         return field(default_factory=default.copy, metadata=meta)
@@ -76,10 +98,18 @@ class MqttConfig:
         "RENOGY_MQTT_URL",
         "Broker URL: mqtt://host:port or mqtts://host:port; mqtt://user:password@host:port sets the "
         "credentials too (percent-encode special characters)",
+        cli=("--mqtt",),
+        commands=CLI_COMMON,
+        metavar="URL",
     )
     username: str | None = setting(None, "RENOGY_MQTT_USERNAME", "Broker user name")
     password: str | None = setting(None, "RENOGY_MQTT_PASSWORD", "Broker password", secret=True)
-    root_topic: str = setting("renogy", "RENOGY_ROOT_TOPIC", "First level of every topic")
+    root_topic: str = setting(
+        "renogy", "RENOGY_ROOT_TOPIC", "First level of every topic",
+        cli=("--root-topic",),
+        commands=CLI_COMMON,
+        metavar="TOPIC",
+    )
     ca_file: Path | None = setting(
         None, "RENOGY_MQTT_CA_FILE", "CA bundle for mqtts:// (system CAs when unset)"
     )
@@ -102,15 +132,41 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReaderConfig:
-    instance: str = setting("default", "RENOGY_READER_INSTANCE", "Name of this reader in bridge topics")
-    adapter: str = setting("hci0", "RENOGY_ADAPTER", "Bluetooth adapter the reader owns")
-    bt2_address: str | None = setting(None, "RENOGY_BT2_ADDRESS", "BT-2 MAC address (skips the name scan)")
-    bt2_name: str | None = setting(
-        None, "RENOGY_BT2_NAME", "BT-2 advertised name, e.g. BT-TH-E3383D0E (first BT-TH-* found when unset)"
+    instance: str = setting(
+        "default", "RENOGY_READER_INSTANCE", "Name of this reader in bridge topics",
+        cli=("--instance",),
+        commands=("reader",),
+        metavar="NAME",
     )
-    batteries: list[int] = setting([48, 49, 50, 51], "RENOGY_BATTERIES", "Modbus slave ids on the BT-2's bus")
+    adapter: str = setting(
+        "hci0", "RENOGY_ADAPTER", "Bluetooth adapter the reader owns",
+        cli=("--adapter",),
+        commands=(*CLI_READER, "scan"),
+        metavar="HCI",
+    )
+    bt2_address: str | None = setting(
+        None, "RENOGY_BT2_ADDRESS", "BT-2 MAC address (skips the name scan)",
+        cli=("--bt2-address",),
+        commands=(*CLI_READER, "migrate"),
+        metavar="MAC",
+    )
+    bt2_name: str | None = setting(
+        None, "RENOGY_BT2_NAME", "BT-2 advertised name, e.g. BT-TH-E3383D0E (first BT-TH-* found when unset)",
+        cli=("--bt2-name",),
+        commands=CLI_READER,
+        metavar="NAME",
+    )
+    batteries: list[int] = setting(
+        [48, 49, 50, 51], "RENOGY_BATTERIES", "Modbus slave ids on the BT-2's bus",
+        cli=("--batteries",),
+        commands=CLI_READER,
+        metavar="IDS",
+    )
     poll_interval: float = setting(
-        30.0, "RENOGY_POLL_INTERVAL", "Seconds from cycle start to cycle start (0 = back to back)", minimum=0
+        30.0, "RENOGY_POLL_INTERVAL", "Seconds from cycle start to cycle start (0 = back to back)", minimum=0,
+        cli=("--poll-interval",),
+        commands=CLI_READER,
+        metavar="S",
     )
     request_timeout: float = setting(
         1.5, "RENOGY_REQUEST_TIMEOUT", "Deadline of one Modbus read in seconds", minimum=0.05, maximum=30
@@ -167,6 +223,9 @@ class ReaderConfig:
         None,
         "RENOGY_BLE_BACKEND",
         "Custom bleak client backend as module:Class (scanner: module:Class of the scanner)",
+        cli=("--ble-backend",),
+        commands=CLI_READER,
+        metavar="MODULE:CLASS",
     )
     current_scale: str = setting(
         "auto",
@@ -178,6 +237,9 @@ class ReaderConfig:
         None,
         "RENOGY_CAPTURE_FILE",
         "Append every request/response with timing as JSON lines (for bug reports)",
+        cli=("--capture",),
+        commands=CLI_READER,
+        metavar="FILE",
     )
     outage_buffer: float = setting(
         86400.0,
@@ -191,32 +253,59 @@ class ReaderConfig:
 
 @dataclass(frozen=True, slots=True)
 class SimulatorConfig:
-    enabled: bool = setting(False, "RENOGY_SIMULATE", "Use the built-in BT-2 simulator instead of Bluetooth")
+    enabled: bool = setting(
+        False, "RENOGY_SIMULATE", "Use the built-in BT-2 simulator instead of Bluetooth",
+        cli=("--simulate",),
+        commands=(*CLI_READER, "scan"),
+    )
     batteries: list[int] = setting(
-        [48, 49, 50, 51], "RENOGY_SIM_BATTERIES", "Slave ids of simulated batteries"
+        [48, 49, 50, 51], "RENOGY_SIM_BATTERIES", "Slave ids of simulated batteries",
+        cli=("--sim-batteries",),
+        commands=CLI_READER,
+        metavar="IDS",
     )
     address: str = setting(
         "C4:64:E3:38:3D:0E",
         "RENOGY_SIM_ADDRESS",
         "MAC address of the simulated BT-2 (another one per simulated reader tries a second BT-2)",
+        cli=("--sim-address",),
+        commands=CLI_READER,
+        metavar="MAC",
     )
     name: str | None = setting(
         None,
         "RENOGY_SIM_NAME",
         "Advertised name of the simulated BT-2 (unset: BT-TH- + the last 8 hex digits of its MAC)",
+        cli=("--sim-name",),
+        commands=CLI_READER,
+        metavar="NAME",
     )
     speed: float = setting(
-        1.0, "RENOGY_SIM_SPEED", "Simulated-time acceleration of the battery physics", minimum=0
+        1.0, "RENOGY_SIM_SPEED", "Simulated-time acceleration of the battery physics", minimum=0,
+        cli=("--sim-speed",),
+        commands=CLI_READER,
+        metavar="X",
     )
     latency_scale: float = setting(
         1.0,
         "RENOGY_SIM_LATENCY_SCALE",
         "Multiplier of the modelled BLE/RS485 latencies (0 = instant)",
         minimum=0,
+        cli=("--sim-latency-scale",),
+        commands=CLI_READER,
+        metavar="X",
     )
-    seed: int = setting(0, "RENOGY_SIM_SEED", "Random seed of physics noise and faults")
+    seed: int = setting(
+        0, "RENOGY_SIM_SEED", "Random seed of physics noise and faults",
+        cli=("--sim-seed",),
+        commands=CLI_READER,
+        metavar="N",
+    )
     fault_rate: float = setting(
-        0.0, "RENOGY_SIM_FAULT_RATE", "Share of requests hit by an injected fault", minimum=0, maximum=1
+        0.0, "RENOGY_SIM_FAULT_RATE", "Share of requests hit by an injected fault", minimum=0, maximum=1,
+        cli=("--sim-fault-rate",),
+        commands=CLI_READER,
+        metavar="P",
     )
     mtu: int = setting(
         251,
@@ -224,9 +313,15 @@ class SimulatorConfig:
         "ATT MTU: 251 (one notification per reply) or 23 (20-byte chunks)",
         minimum=23,
         maximum=517,
+        cli=("--sim-mtu",),
+        commands=CLI_READER,
+        metavar="BYTES",
     )
     truth_log: Path | None = setting(
-        None, "RENOGY_SIM_TRUTH_LOG", "Write every genuine reply as JSON lines here"
+        None, "RENOGY_SIM_TRUTH_LOG", "Write every genuine reply as JSON lines here",
+        cli=("--sim-truth-log",),
+        commands=CLI_READER,
+        metavar="FILE",
     )
     late_delay: float = setting(
         2.5,
@@ -239,13 +334,18 @@ class SimulatorConfig:
 @dataclass(frozen=True, slots=True)
 class AggregatorConfig:
     instance: str = setting(
-        "default", "RENOGY_AGGREGATOR_INSTANCE", "Name of this aggregator in bridge topics"
+        "default", "RENOGY_AGGREGATOR_INSTANCE", "Name of this aggregator in bridge topics",
+        cli=("--instance",),
+        commands=("aggregator",),
+        metavar="NAME",
     )
     profile: str = setting(
         "default",
         "RENOGY_PROFILE",
         "Entity set: default (55 for 4 batteries) or extended",
         choices=("default", "extended"),
+        cli=("--profile",),
+        commands=CLI_AGGREGATOR,
     )
     max_gap: float | None = setting(
         None,
@@ -292,17 +392,31 @@ class GatewayConfig:
         DEFAULT_INSTANCE,
         "RENOGY_GATEWAY_INSTANCE",
         "Name of this gateway in bridge topics (not default: also its own node name and MAC)",
+        cli=("--instance",),
+        commands=("gateway",),
+        metavar="NAME",
     )
-    api_port: int = setting(6053, "RENOGY_API_PORT", "ESPHome native API port", minimum=0, maximum=65535)
+    api_port: int = setting(
+        6053, "RENOGY_API_PORT", "ESPHome native API port", minimum=0, maximum=65535,
+        cli=("--api-port",),
+        commands=(*CLI_GATEWAY, "healthcheck"),
+        metavar="PORT",
+    )
     bind: str = setting("0.0.0.0", "RENOGY_API_BIND", "Address the API listens on")
     api_key: str | None = setting(
-        None, "RENOGY_API_KEY", "Noise encryption key (base64 of 32 bytes; renogy-proxy keygen)", secret=True
+        None, "RENOGY_API_KEY", "Noise encryption key (base64 of 32 bytes; renogy-proxy keygen)", secret=True,
+        cli=("--api-key",),
+        commands=CLI_GATEWAY,
+        metavar="KEY",
     )
     name: str = setting(
         DEFAULT_NODE_NAME,
         "RENOGY_NAME",
         "Node name: [a-z0-9-], at most 31 characters (unset: renogy-bt-proxy-<instance> for another "
         "gateway.instance)",
+        cli=("--name",),
+        commands=CLI_GATEWAY,
+        metavar="NAME",
     )
     friendly_name: str = setting(
         DEFAULT_FRIENDLY_NAME,
@@ -314,7 +428,11 @@ class GatewayConfig:
         "RENOGY_MAC",
         "MAC address reported to Home Assistant (default: host NIC, made distinct for another gateway.instance)",
     )
-    mdns: bool = setting(True, "RENOGY_MDNS", "Announce _esphomelib._tcp on the LAN")
+    mdns: bool = setting(
+        True, "RENOGY_MDNS", "Announce _esphomelib._tcp on the LAN",
+        cli=("--no-mdns",),
+        commands=CLI_GATEWAY,
+    )
     mdns_interface: str | None = setting(
         None,
         "RENOGY_MDNS_INTERFACE",
@@ -347,6 +465,8 @@ class GatewayConfig:
         "object ids, names and keys of jorik41/renogy-bt, so Home Assistant keeps its entities; "
         "docs/migrating.md)",
         choices=("default", "legacy"),
+        cli=("--entity-naming",),
+        commands=CLI_GATEWAY,
     )
     legacy_device_name: str | None = setting(
         None,
@@ -363,9 +483,16 @@ def _default_state_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    state_dir: Path = setting(_default_state_dir(), "RENOGY_STATE_DIR", "Directory for persistent state")
+    state_dir: Path = setting(
+        _default_state_dir(), "RENOGY_STATE_DIR", "Directory for persistent state",
+        cli=("--state-dir",),
+        commands=CLI_COMMON,
+        metavar="DIR",
+    )
     log_level: str = setting(
-        "info", "RENOGY_LOG_LEVEL", "Log level", choices=("debug", "info", "warning", "error")
+        "info", "RENOGY_LOG_LEVEL", "Log level", choices=("debug", "info", "warning", "error"),
+        cli=("--log-level",),
+        commands=(*CLI_COMMON, "scan"),
     )
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
@@ -405,6 +532,13 @@ class SettingInfo:
     help: str
     secret: bool
     type_name: str
+    # The value's type without Optional (str, int, float, bool, Path, list[int], ...).
+    base: Any = str
+    choices: tuple[str, ...] | None = None
+    # The command-line flag (empty: none), the subcommands that take it and its metavar.
+    cli: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+    metavar: str | None = None
 
 
 def settings() -> Iterator[SettingInfo]:
@@ -417,6 +551,11 @@ def settings() -> Iterator[SettingInfo]:
             fld.metadata["help"],
             fld.metadata["secret"],
             _type_name(hint),
+            base=_unwrap_optional(hint)[0],
+            choices=fld.metadata["choices"],
+            cli=fld.metadata["cli"],
+            commands=fld.metadata["commands"],
+            metavar=fld.metadata["metavar"],
         )
 
 

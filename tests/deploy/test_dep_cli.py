@@ -3,6 +3,7 @@ every `--help` (issue 11)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 from pathlib import Path
@@ -10,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from services.cli import COMMANDS, main
+from services.cli import COMMANDS, build_parser, main, overrides_from, setting_help, shown_default
 from services.config_check import COMPOSE_VARIABLES, TEST_VARIABLES, setting_variables
 from services.gateway import messages
 from services.gateway.service import Gateway
 from services.ops import MSG_HELLO_REQUEST, MSG_HELLO_RESPONSE, hello_name, hello_request, probe_api
-from shared.config import load_config
+from shared.config import load_config, settings
 from tests.deploy.support import ROOT, cli
 from tests.support.brokers import free_port
 
@@ -43,6 +44,88 @@ def test_setting_options_show_their_default_and_variable(capsys: pytest.CaptureF
     text = " ".join(capsys.readouterr().out.split())
     assert "(default 48,49,50,51; env RENOGY_BATTERIES)" in text
     assert "(default 30.0; env RENOGY_POLL_INTERVAL)" in text
+
+
+def _subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Subcommand -> its parser (`config` -> `config check`, whose options the table names "config")."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, parser in action.choices.items():
+                found[name] = parser
+                for inner in parser._actions:
+                    if isinstance(inner, argparse._SubParsersAction):
+                        found[name] = inner.choices["check"]
+    return found
+
+
+def test_every_setting_backed_flag_comes_from_the_settings_table(capsys: pytest.CaptureFixture[str]) -> None:
+    table = {info.path: info for info in settings()}
+    flags = {flag for info in table.values() for flag in info.cli}
+    parsers = _subcommand_parsers()
+    assert set(parsers) == set(COMMANDS)
+    for info in table.values():
+        unknown = set(info.commands) - set(COMMANDS)
+        assert not unknown, f"{info.path}: no such subcommand {unknown}"
+    for command, parser in parsers.items():
+        argv = [command, "check", "--help"] if command == "config" else [command, "--help"]
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        seen = set()
+        for action in parser._actions:
+            info = table.get(action.dest)
+            if info is None:
+                # healthcheck --instance picks the service to check; broker --log-level has no config
+                own = (command, action.dest) in (("healthcheck", "instance"), ("broker", "broker_log_level"))
+                assert own or not flags & set(action.option_strings), (
+                    f"{command} {action.option_strings}: a setting's flag not generated from the table"
+                )
+                continue
+            seen.add(info.path)
+            where = f"{command} {'/'.join(action.option_strings)}"
+            assert command in info.commands, f"{where}: hand-written option for setting {info.path}"
+            assert tuple(action.option_strings) == info.cli, where
+            assert action.help == setting_help(info, command).replace("%", "%%"), where
+            assert info.help[1:] in action.help, where  # "do not announce" for "Announce" under --no-mdns
+            tail = f"(default {shown_default(info)}; env {info.env})"
+            assert action.help.endswith(tail), where
+            assert f"{'/'.join(info.cli)}" in text and " ".join(tail.split()) in text, where
+            if info.choices:
+                assert tuple(action.choices or ()) == info.choices, where
+        expected = {info.path for info in table.values() if command in info.commands}
+        assert seen == expected, f"{command}: missing generated options for {sorted(expected - seen)}"
+
+
+def test_generated_flags_keep_their_types_and_behaviour() -> None:
+    argv = "run --batteries 48,49 --poll-interval 5 --no-mdns --simulate --api-port 6054 --profile extended"
+    args = build_parser().parse_args([*argv.split(), "--state-dir", "/tmp/x", "--log-level", "debug"])
+    overrides = overrides_from(args)
+    assert overrides == {
+        "reader.batteries": [48, 49],
+        "reader.poll_interval": 5.0,
+        "gateway.mdns": False,
+        "simulator.enabled": True,
+        "gateway.api_port": 6054,
+        "aggregator.profile": "extended",
+        "state_dir": Path("/tmp/x"),
+        "log_level": "debug",
+    }
+    assert overrides_from(build_parser().parse_args(["broker", "--log-level", "debug"])) == {}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["gateway", "--entity-naming", "other"])
+
+
+def test_docs_list_the_flags_of_the_settings_table() -> None:
+    from services import docgen
+
+    assert docgen._cli_options() == {info.path: sorted(info.cli) for info in settings() if info.cli}
+    assert not any("_actions" in line for line in (ROOT / "services" / "docgen.py").read_text().splitlines())
+
+
+def test_supervisor_does_not_import_the_cli() -> None:
+    source = (ROOT / "services" / "supervisor.py").read_text()
+    assert "services.cli import" not in source and "import services.cli" not in source
 
 
 def test_config_check_accepts_a_good_configuration(tmp_path: Path) -> None:
