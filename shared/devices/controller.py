@@ -1,0 +1,224 @@
+"""Solar charge controllers: Rover, Rover Elite, Wanderer, Adventurer (via BT-1 or BT-2).
+
+Register map (facts only, no code copied):
+- 0x000C x 8 model (ASCII, 16 bytes), 0x001A device address (low byte), 0x0100 x 34 dynamic data,
+  0xE004 battery type: cyrils/renogy-bt ``renogybt/RoverClient.py`` (sections) and
+  IAmTheMitchell/renogy-ble ``src/renogy_ble/register_map.py`` ("controller").
+- 0x0100 SOC %, 0x0101 battery V x0.1, 0x0102 charging A x0.01, 0x0103 high byte controller °C / low
+  byte battery °C, sign-magnitude (renogy-ble ``signed_encoding="sign_magnitude"`` and its test
+  ``test_controller_negative_temperatures``), 0x0104-0x0106 load V x0.1 / A x0.01 / W, 0x0107-0x0109
+  PV V x0.1 / A x0.01 / W, 0x010B-0x0112 daily min/max V, max A, max W, Ah, 0x0113/0x0114 Wh today,
+  0x0115 operating days, 0x0116/0x0117 over-discharge/full-charge counts, 0x0118-0x011F u32 totals
+  (Ah, Wh), 0x0120 bit 15 load on, bits 8-14 brightness, low byte charging state: same sources and
+  wrybread/ESP32ArduinoRenogy ``renogy_rs232.ino`` (35 data registers from 0x0100).
+- Totals are Wh: renogy-ble's real RVR40 reply (tests/test_parser.py ``integration_test_data``) holds
+  4988 Ah charged in total and 65 936 in 0x011C-0x011D, i.e. 65.9 kWh at about 13.2 V.
+- 0x0121 (high word of the 0x0121-0x0122 fault word) bits 0-14 = fault bits B16-B30, names as in
+  the Rover Modbus fault list reproduced by public Rover readers (e.g. raupulus, wrybread); 0x0121 is
+  the last register of the 0x0100 x 34 block, so faults come with every cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .base import (
+    BitTable,
+    Block,
+    DeviceFamily,
+    EntityDef,
+    RegField,
+    fault_value,
+    kwh_value,
+    problem_text_value,
+)
+
+CHARGING_STATES: Final = {
+    0: "deactivated",
+    1: "activated",
+    2: "mppt",
+    3: "equalizing",
+    4: "boost",
+    5: "floating",
+    6: "current limiting",
+}
+BATTERY_TYPES: Final = {1: "open", 2: "sealed", 3: "gel", 4: "lithium", 5: "custom"}
+FAULTS: Final = {
+    14: "charge MOS short circuit",
+    13: "anti-reverse MOS short circuit",
+    12: "PV panel reversely connected",
+    11: "PV working point over-voltage",
+    10: "PV counter current",
+    9: "PV input over-voltage",
+    8: "PV input short circuit",
+    7: "PV input over-power",
+    6: "ambient temperature too high",
+    5: "controller temperature too high",
+    4: "load over-power or over-current",
+    3: "load short circuit",
+    2: "battery under-voltage warning",
+    1: "battery over-voltage",
+    0: "battery over-discharge",
+}
+
+FIELDS: Final = (
+    RegField(0x000C, "model", "ascii", 8, description="product model, e.g. RNG-CTRL-RVR40"),
+    RegField(0x001A, "device_address", mask=0xFF, description="Modbus slave id"),
+    RegField(0x0100, "battery_soc", unit="%"),
+    RegField(0x0101, "battery_voltage", scale=0.1, unit="V"),
+    RegField(0x0102, "charging_current", scale=0.01, unit="A"),
+    RegField(0x0103, "controller_temperature", "sm8", unit="°C", shift=8),
+    RegField(0x0103, "battery_temperature", "sm8", unit="°C"),
+    RegField(0x0104, "load_voltage", scale=0.1, unit="V"),
+    RegField(0x0105, "load_current", scale=0.01, unit="A"),
+    RegField(0x0106, "load_power", unit="W"),
+    RegField(0x0107, "pv_voltage", scale=0.1, unit="V"),
+    RegField(0x0108, "pv_current", scale=0.01, unit="A"),
+    RegField(0x0109, "pv_power", unit="W"),
+    RegField(0x010B, "battery_min_voltage_today", scale=0.1, unit="V"),
+    RegField(0x010C, "battery_max_voltage_today", scale=0.1, unit="V"),
+    RegField(0x010D, "max_charging_current_today", scale=0.01, unit="A"),
+    RegField(0x010E, "max_discharging_current_today", scale=0.01, unit="A"),
+    RegField(0x010F, "max_charging_power_today", unit="W"),
+    RegField(0x0110, "max_discharging_power_today", unit="W"),
+    RegField(0x0111, "charging_ah_today", unit="Ah"),
+    RegField(0x0112, "discharging_ah_today", unit="Ah"),
+    RegField(0x0113, "generation_today", unit="Wh"),
+    RegField(0x0114, "consumption_today", unit="Wh"),
+    RegField(0x0115, "operating_days", unit="d"),
+    RegField(0x0116, "over_discharge_count"),
+    RegField(0x0117, "full_charge_count"),
+    RegField(0x0118, "charging_ah_total", "u32", 2, unit="Ah"),
+    RegField(0x011A, "discharging_ah_total", "u32", 2, unit="Ah"),
+    RegField(0x011C, "generation_total", "u32", 2, unit="Wh"),
+    RegField(0x011E, "consumption_total", "u32", 2, unit="Wh"),
+    RegField(0x0120, "load_on", shift=15, mask=1, flag=True),
+    RegField(0x0120, "load_brightness", shift=8, mask=0x7F, unit="%"),
+    RegField(0x0120, "charging_state", mask=0xFF, enum=CHARGING_STATES),
+    RegField(0x0121, "faults", description="fault bits B16-B30 of 0x0121-0x0122"),
+    RegField(0xE004, "battery_type", enum=BATTERY_TYPES),
+)
+
+BLOCKS: Final = (
+    Block(0x0100, 34, "cycle"),
+    Block(0x000C, 8, "info"),
+    Block(0x001A, 1, "info"),
+    Block(0xE004, 1, "info"),
+)
+
+# A 12/24/48 V controller: battery <= 70 V, PV input <= 150 V (Rover Elite/Adventurer max is below).
+RANGES: Final[dict[str, tuple[float, float]]] = {
+    "battery_soc": (0, 100),
+    "battery_voltage": (0.0, 70.0),
+    "charging_current": (0.0, 100.0),
+    "controller_temperature": (-40, 100),
+    "battery_temperature": (-40, 100),
+    "load_voltage": (0.0, 70.0),
+    "load_current": (0.0, 100.0),
+    "load_power": (0, 6_000),
+    "pv_voltage": (0.0, 150.0),
+    "pv_current": (0.0, 100.0),
+    "pv_power": (0, 6_000),
+    "battery_min_voltage_today": (0.0, 70.0),
+    "battery_max_voltage_today": (0.0, 70.0),
+    "max_charging_current_today": (0.0, 100.0),
+    "max_discharging_current_today": (0.0, 100.0),
+    "max_charging_power_today": (0, 6_000),
+    "max_discharging_power_today": (0, 6_000),
+    "generation_today": (0, 60_000),
+    "consumption_today": (0, 60_000),
+    "load_brightness": (0, 100),
+}
+
+MEAS: Final = "measurement"
+TOTAL: Final = "total_increasing"
+
+
+_TABLES: Final = (BitTable("faults", FAULTS),)
+
+ENTITIES: Final = (
+    EntityDef("pv_power", "PV power", "pv_power", "W", "power", MEAS, 0),
+    EntityDef("pv_voltage", "PV voltage", "pv_voltage", "V", "voltage", MEAS, 1),
+    EntityDef("battery_voltage", "Battery voltage", "battery_voltage", "V", "voltage", MEAS, 1),
+    EntityDef("charging_current", "Charging current", "charging_current", "A", "current", MEAS, 2),
+    EntityDef("load_power", "Load power", "load_power", "W", "power", MEAS, 0),
+    EntityDef(
+        "controller_temperature",
+        "Controller temperature",
+        "controller_temperature",
+        "°C",
+        "temperature",
+        MEAS,
+        0,
+    ),
+    EntityDef(
+        "generation_today", "Generation today", kwh_value("generation_today"), "kWh", "energy", TOTAL, 3
+    ),
+    EntityDef(
+        "charging_state", "Charging state", "charging_state", platform="text_sensor", icon="mdi:solar-power"
+    ),
+    EntityDef("fault", "Fault", fault_value(_TABLES), device_class="problem", platform="binary_sensor"),
+    # extended profile
+    EntityDef("pv_current", "PV current", "pv_current", "A", "current", MEAS, 2, extended=True),
+    EntityDef("load_voltage", "Load voltage", "load_voltage", "V", "voltage", MEAS, 1, extended=True),
+    EntityDef("load_current", "Load current", "load_current", "A", "current", MEAS, 2, extended=True),
+    EntityDef("load", "Load", "load_on", device_class="power", platform="binary_sensor", extended=True),
+    EntityDef("battery_soc", "Battery level", "battery_soc", "%", "battery", MEAS, 0, extended=True),
+    EntityDef(
+        "battery_temperature",
+        "Battery temperature",
+        "battery_temperature",
+        "°C",
+        "temperature",
+        MEAS,
+        0,
+        extended=True,
+    ),
+    EntityDef(
+        "generation_total",
+        "Generation total",
+        kwh_value("generation_total"),
+        "kWh",
+        "energy",
+        TOTAL,
+        3,
+        extended=True,
+    ),
+    EntityDef(
+        "consumption_today",
+        "Consumption today",
+        kwh_value("consumption_today"),
+        "kWh",
+        "energy",
+        TOTAL,
+        3,
+        extended=True,
+    ),
+    EntityDef(
+        "problems",
+        "Problems",
+        problem_text_value(_TABLES),
+        platform="text_sensor",
+        extended=True,
+        icon="mdi:alert-circle-outline",
+        category="diagnostic",
+    ),
+    EntityDef("model", "Model", "model", platform="text_sensor", extended=True, category="diagnostic"),
+)
+
+CONTROLLER: Final = DeviceFamily(
+    kind="controller",
+    title="Charge controller",
+    fields=FIELDS,
+    blocks=BLOCKS,
+    ranges=RANGES,
+    identity=("model", "device_address"),
+    status_bits=_TABLES,
+    entities=ENTITIES,
+    default_slave=0xFF,
+    sources=(
+        "cyrils/renogy-bt renogybt/RoverClient.py",
+        "IAmTheMitchell/renogy-ble src/renogy_ble/register_map.py, tests/test_parser.py",
+        "wrybread/ESP32ArduinoRenogy renogy_rs232.ino",
+    ),
+)
