@@ -10,6 +10,9 @@ DEFAULT_ROOT = "renogy"
 
 _BT2_ID = re.compile(r"^[0-9a-f]{12}$")
 _DEVICE_ID = re.compile(r"^[a-z0-9_]{1,64}$")
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# The device kinds a reading topic may name (shared.devices.KINDS; not imported: it imports this module).
+READING_KINDS = ("battery", "controller", "dcc", "inverter", "shunt")
 
 
 def bt2_id(address: str) -> str:
@@ -76,26 +79,55 @@ class Topics:
     def scanner_set_filter(self) -> str:
         return f"{self.root}/bridge/reader/+/scanner/set"
 
-    # Raw per-battery readings.
-    def reading(self, bt2: str, slave_id: int) -> str:
-        return f"{self.root}/bt2/{bt2}/battery/{slave_id}/reading"
+    # Raw readings of one device: <root>/bt2/<bt2 id>/<kind>/<slave id>/reading.
+    def reading(self, bt2: str, slave_id: int, kind: str = "battery") -> str:
+        return f"{self.root}/bt2/{bt2}/{kind}/{slave_id}/reading"
 
     @property
     def reading_filter(self) -> str:
-        return f"{self.root}/bt2/+/battery/+/reading"
+        """Readings of every kind (for observers such as `status`)."""
+        return f"{self.root}/bt2/+/+/+/reading"
 
-    def parse_reading(self, topic: str) -> tuple[str, int] | None:
-        """(bt2 id, slave id) of a reading topic, None for anything else."""
+    def kind_reading_filter(self, kind: str) -> str:
+        return f"{self.root}/bt2/+/{kind}/+/reading"
+
+    @property
+    def reading_filters(self) -> tuple[str, ...]:
+        """One filter per known kind, battery first: a broker ACL written for the battery topic alone
+        (deploy/mosquitto/acl.example before device families) refuses only the new ones."""
+        return tuple(self.kind_reading_filter(kind) for kind in READING_KINDS)
+
+    def reading_topic_shape(self, topic: str) -> bool:
+        """Whether a topic has the shape of a reading topic (<root>/bt2/.../reading), valid or not."""
+        return topic.startswith(f"{self.root}/bt2/") and topic.endswith("/reading")
+
+    def parse_device_reading(self, topic: str) -> tuple[str, str, int] | None:
+        """(bt2 id, kind, slave id) of a reading topic of any kind-like level (the caller refuses kinds it
+        does not know); None for anything else. Slave ids are 1..255, 0..255 for kinds other than battery
+        (a notify-only shunt has none)."""
         prefix = f"{self.root}/bt2/"
         if not topic.startswith(prefix):
             return None
         parts = topic[len(prefix) :].split("/")
-        if len(parts) != 4 or parts[1] != "battery" or parts[3] != "reading":
+        if len(parts) != 4 or parts[3] != "reading" or not _KIND.match(parts[1]):
             return None
-        if not _BT2_ID.match(parts[0]) or not parts[2].isdigit():
+        # isascii first: str.isdigit() also accepts digits such as '²' that int() refuses.
+        if (
+            not _BT2_ID.match(parts[0])
+            or not (parts[2].isascii() and parts[2].isdigit())
+            or len(parts[2]) > 3
+        ):
             return None
-        slave = int(parts[2])
-        return (parts[0], slave) if 0 < slave < 256 else None
+        slave, kind = int(parts[2]), parts[1]
+        lowest = 1 if kind == "battery" else 0
+        return (parts[0], kind, slave) if lowest <= slave < 256 else None
+
+    def parse_reading(self, topic: str) -> tuple[str, int] | None:
+        """(bt2 id, slave id) of a battery reading topic, None for anything else."""
+        parsed = self.parse_device_reading(topic)
+        if parsed is None or parsed[1] != "battery":
+            return None
+        return parsed[0], parsed[2]
 
     # Device documents for the gateway (and optional HA discovery).
     def device_config(self, device_id: str) -> str:

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.aggregator.banks import BankSpec, Layout
+from services.aggregator.devices import FamilyDevices
 from services.aggregator.documents import Outgoing, Publisher, bank_config, battery_config, values_of
 from services.aggregator.energy import MAX_COUNTER_WH, SECONDS_PER_HOUR, EnergyCounter, Step
 from services.aggregator.entities import BANK, BATTERY, for_profile
 from services.aggregator.model import BankView, Battery, BatteryView, LinkInfo, Stamp
+from services.aggregator.model import Rejected as Rejected  # noqa: PLC0414 - re-exported for the service
+from shared.devices.payload import FamilyReading
 from shared.payloads import MAX_PACK_POWER_W, DeviceState, Reading
 from shared.topics import valid_device_id
 
@@ -45,14 +48,6 @@ class Settings:
     save_interval: float = 300.0
     forget_after: float = 7 * 86400.0  # s without a reading before a battery's device is removed
     refresh: float | None = None  # s; unchanged states are published again this often (None: never)
-
-
-class Rejected(Exception):
-    """A valid reading that cannot be served (a slave id conflict, a future time); `reason` keys health."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -83,6 +78,7 @@ class AggregatorCore:
         self.orphans: dict[str, EnergyCounter] = {}
         self.floors: dict[str, tuple[float, float]] = {}
         self.links: dict[str, LinkInfo] = {}
+        self.devices = FamilyDevices(settings, layout.device_ids)  # controllers, DC-DC chargers, ...
         self.stats = Stats()
         self.dirty = False
         # What a save is worth: counted Wh not on disk yet, and changes that must be saved soon
@@ -256,6 +252,16 @@ class AggregatorCore:
         if step in (Step.FIRST, Step.GAP, Step.INTEGRATED, Step.RESTART, Step.CLOCK_STEP):
             self.dirty = True
         return step
+
+    def accept_device(self, reading: FamilyReading, now: float, mono: float | None = None) -> None:
+        """Take a screened reading of a kind other than battery (no energy is counted from it)."""
+        mono = now if mono is None else mono
+        try:
+            self.devices.accept(reading, now, mono)
+        except Rejected as exc:
+            self.stats.dropped[exc.reason] += 1
+            raise
+        self.stats.accepted += 1
 
     def _refuse_display(self, battery: Battery, ahead: float, mono: float) -> None:
         """A reading from the future: its energy counts (monotonic time), its values are not shown."""
@@ -486,6 +492,7 @@ class AggregatorCore:
         removes a device (a battery not seen for forget_after)."""
         mono = now if mono is None else mono
         out = self._expire(mono)
+        self.devices.expire(out, self.publisher, mono)
         appeared = [b for _, b in sorted(self.batteries.items()) if b.appeared]
         for battery in appeared:
             self.publisher.offer(
@@ -508,6 +515,7 @@ class AggregatorCore:
                     now,
                     mono=mono,
                 )
+        self.devices.offer(out, self.publisher, now, mono)
         return out
 
     def _counter_copy(self, counter: EnergyCounter, now: float) -> dict[str, Any]:
@@ -558,8 +566,9 @@ class AggregatorCore:
             "recovery_refused": stats.recovery_refused,
             "takeovers": stats.takeovers,
             "clock": dict(stats.clock),
-            "expired": stats.expired,
+            "expired": stats.expired + self.devices.expired,
             "batteries_known": len(self.batteries),
+            "devices_known": len(self.devices.devices),
             "devices_published": self.publisher.devices,
             "batteries": {
                 device_id: {
@@ -572,4 +581,5 @@ class AggregatorCore:
                 }
                 for device_id, b in sorted(self.batteries.items())
             },
+            "devices": self.devices.health(mono),
         }

@@ -39,10 +39,15 @@ def publish_value(entity: Entity[Any], value: Value) -> Value:
         return value
     if isinstance(value, str):
         return publish_text(value)
+    return publish_number(value, entity.accuracy, energy=entity.energy)
+
+
+def publish_number(value: float, accuracy: int, *, energy: bool = False) -> float | None:
+    """Round to accuracy + 1 decimals; energy is rounded down (a retained copy never exceeds the counter)."""
     if not math.isfinite(value):
         return None
-    digits = entity.accuracy + 1
-    if entity.energy:
+    digits = accuracy + 1
+    if energy:
         scale = 10.0**digits
         return math.floor(value * scale + 1e-6) / scale + 0.0
     return round(value, digits) + 0.0

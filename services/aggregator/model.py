@@ -24,6 +24,14 @@ MIN_CURRENT = 0.1  # A; below this, time to full/empty is unknown rather than pr
 Value = StateValue
 
 
+class Rejected(Exception):
+    """A valid reading that cannot be served (a slave id conflict, a future time); `reason` keys health."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Stamp:
     """When a reading was taken: the reader's wall time, boot and monotonic time (for ordering), and

@@ -17,6 +17,7 @@ from typing import Any
 
 from services.aggregator.banks import layout_from_config
 from services.aggregator.core import AggregatorCore, Rejected, Settings
+from services.aggregator.devices import family_reading
 from services.aggregator.energy import EnergyCounter
 from services.aggregator.inputs import DropLog, drop_reason, parse_reader_health
 from services.aggregator.store import StateStore
@@ -98,7 +99,8 @@ class Aggregator:
         self._awaiting = set(self.core.restored_devices) if self._file_loaded else set()
         runtime, mqtt = self.runtime, self.runtime.mqtt
         runtime.install_signal_handlers()
-        mqtt.subscribe(self.topics.reading_filter)
+        for reading_filter in self.topics.reading_filters:  # one per kind: an old ACL refuses only new kinds
+            mqtt.subscribe(reading_filter)
         mqtt.subscribe(self.topics.device_state("+"))
         mqtt.subscribe(self.topics.device_config("+"))
         if self.cfg.profile == "extended":
@@ -191,6 +193,13 @@ class Aggregator:
         identity = self.topics.parse_reading(message.topic)
         if identity is not None:
             self._reading(message, identity[0], identity[1], now)
+            return
+        handled = family_reading(
+            self.core, self.topics, message, self._drops, now=now, mono=self.mono_clock()
+        )
+        if handled is not None:  # controller, dcc, inverter, shunt (services/aggregator/devices.py)
+            if handled:
+                self._commit(now)
             return
         device = self.topics.parse_device(message.topic)
         if device is not None:

@@ -60,6 +60,8 @@ FIRST_SLAVE: Final = 48
 COMBINED_KEY_BASE: Final = 5000
 COMBINED_SUFFIX: Final = "combined"
 _BATTERY_REF = re.compile(r"^battery_(\d{1,3})$")
+# Devices of the other kinds (controller, dcc, ...): ``<kind>_<bt2>_<slave>`` (services/aggregator/devices.py).
+_FAMILY_REF = re.compile(r"^[a-z]+_[0-9a-f]{12}_\d{1,3}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,9 @@ def old_name(alias: str, data_key: str) -> str:
 
 
 def slave_of(ref: str, config: DeviceConfig) -> int | None:
-    """A battery's slave id (from its document, else its default device id); None for a bank."""
+    """A battery's slave id (from its document, else its default device id); None for a bank or another kind."""
+    if _FAMILY_REF.match(ref) and not ref.startswith("battery_"):
+        return None
     if config.device.slave_id is not None:
         return config.device.slave_id
     found = _BATTERY_REF.match(ref)
@@ -101,7 +105,9 @@ class LegacyNaming:
     def assign(self, configs: Mapping[str, DeviceConfig]) -> tuple[dict[tuple[str, str], Served], list[str]]:
         """(device ref, our key) -> how it is served, and the problems found (logged by the caller)."""
         batteries = {ref: slave for ref, cfg in configs.items() if (slave := slave_of(ref, cfg)) is not None}
-        banks = sorted(ref for ref in configs if ref not in batteries)
+        # Controllers, DC-DC chargers ... did not exist in the old system: their own alias, hashed keys.
+        others = {ref for ref in configs if ref not in batteries and _FAMILY_REF.match(ref)}
+        banks = sorted(ref for ref in configs if ref not in batteries and ref not in others)
         members: dict[str, list[str]] = {bank: [] for bank in banks}
         for ref in sorted(batteries, key=lambda r: (batteries[r], r)):
             via = configs[ref].device.via_device
@@ -121,6 +127,8 @@ class LegacyNaming:
                 base = ref
             aliases[ref] = f"{base}_{slave}"
         bank_alias: dict[str, str] = {}
+        for ref in others:
+            aliases[ref] = f"{self._base_alias(configs[ref]) or 'renogy'}_{ref}"
         for bank in banks:
             first = members[bank][0] if members[bank] else None
             base = self.device_name or (self._base_alias(configs[first]) if first else None) or "renogy"

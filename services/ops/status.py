@@ -21,7 +21,7 @@ from services.ops.session import (
     _Session,
 )
 from shared.config import Config
-from shared.topics import Topics
+from shared.topics import READING_KINDS, Topics
 
 # The aggregator and the gateway publish health this often (HEALTH_INTERVAL in their service modules;
 # a test keeps these equal); three missed beats make a service stale.
@@ -71,6 +71,22 @@ class BatteryRow:
 
 
 @dataclass
+class DeviceRow:
+    """A device of another kind (controller, dcc, inverter, shunt) with a reading on the broker."""
+
+    kind: str
+    bt2: str
+    slave_id: int
+    age_s: float
+    max_age_s: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.slave_id} @{self.bt2}"
+
+
+@dataclass
 class MissingBattery:
     """A configured battery (reader.batteries, aggregator.banks) without any reading on the broker."""
 
@@ -90,6 +106,7 @@ class Report:
     batteries: list[BatteryRow]
     problems: list[str]
     missing: list[MissingBattery] = field(default_factory=list)
+    devices: list[DeviceRow] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -102,6 +119,7 @@ class Report:
             "services": [{**asdict(row), "name": row.name} for row in self.services],
             "batteries": [{**asdict(row), "name": row.name} for row in self.batteries],
             "missing_batteries": [{**asdict(row), "name": row.name} for row in self.missing],
+            "devices": [{**asdict(row), "name": row.name} for row in self.devices],
             "problems": self.problems,
         }
 
@@ -233,6 +251,7 @@ def evaluate(
     states: dict[tuple[str, str], dict[str, Any]] = {}
     healths: dict[tuple[str, str], dict[str, Any]] = {}
     readings: dict[tuple[str, int], dict[str, Any]] = {}
+    others: dict[tuple[str, str, int], dict[str, Any]] = {}  # (kind, bt2, slave) of the other kinds
     for topic in retained.messages:
         bridge = topics.parse_bridge(topic)
         if bridge is not None:
@@ -245,6 +264,12 @@ def evaluate(
             body = retained.json(topic)
             if body is not None:
                 readings[identity] = body
+            continue
+        device = topics.parse_device_reading(topic)
+        if device is not None and device[1] in READING_KINDS:
+            body = retained.json(topic)
+            if body is not None:
+                others[(device[1], device[0], device[2])] = body
     wanted = {
         ("reader", config.reader.instance),
         ("aggregator", config.aggregator.instance),
@@ -266,7 +291,21 @@ def evaluate(
         )
         for (bt2, slave), body in sorted(readings.items())
     ]
+    devices = [
+        _device_row(
+            kind,
+            bt2,
+            slave,
+            reading=body,
+            health=reader_health.get(bt2),
+            config=config,
+            now=now,
+            max_age=max_age,
+        )
+        for (kind, bt2, slave), body in sorted(others.items())
+    ]
     problems = [p for row in services for p in row.problems] + [p for row in batteries for p in row.problems]
+    problems += [p for row in devices for p in row.problems]
     problems.extend(_shared_bt2s(services, healths))
     missing = [
         want
@@ -283,7 +322,7 @@ def evaluate(
         problems.append("no battery reading on MQTT yet (the reader has not read a battery)")
     if not retained.complete:
         problems.append("the broker did not deliver the retained state in time (--timeout)")
-    return Report(_redact_url(config.mqtt.url), services, batteries, problems, missing)
+    return Report(_redact_url(config.mqtt.url), services, batteries, problems, missing, devices)
 
 
 def expected_batteries(config: Config) -> list[MissingBattery]:
@@ -318,6 +357,34 @@ def _shared_bt2s(
         for bt2, names in sorted(claims.items())
         if len(names) > 1
     ]
+
+
+def _horizon(health: Mapping[str, Any] | None, config: Config, max_age: float | None) -> float:
+    if max_age is not None:
+        return max_age
+    poll = _number(health, "poll_interval")
+    return _poll_horizon(config.reader.poll_interval if poll is None else poll)
+
+
+def _device_row(
+    kind: str,
+    bt2: str,
+    slave: int,
+    *,
+    reading: Mapping[str, Any],
+    health: Mapping[str, Any] | None,
+    config: Config,
+    now: float,
+    max_age: float | None,
+) -> DeviceRow:
+    ts = _number(reading, "ts")
+    row = DeviceRow(kind, bt2, slave, max(0.0, now - ts) if ts is not None else float("inf"), 0.0)
+    row.max_age_s = _horizon(health, config, max_age)
+    if row.age_s > row.max_age_s:
+        row.problems.append(
+            f"{row.name}: last reading {row.age_s:.0f} s old, more than {row.max_age_s:.0f} s"
+        )
+    return row
 
 
 def _battery_row(
@@ -402,6 +469,10 @@ def render_table(report: Report) -> str:
     rows.extend(
         (want.name, "missing", "-", "-", "-", "-", "-", "-", f"never reported ({want.source})")
         for want in report.missing
+    )
+    rows.extend(
+        (dev.name, "stale" if dev.problems else "ok", _age(dev.age_s), "", "", "", "", "", "")
+        for dev in report.devices
     )
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))] if rows else []
     right = {2, 3, 4, 5, 6, 7}

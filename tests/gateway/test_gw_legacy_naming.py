@@ -232,3 +232,35 @@ async def test_aioesphomeapi_client_sees_the_old_entities(mosquitto: Broker, tmp
                 by_key = {s.key: s for s in states}
                 power = by_key[1004]  # BT-TH-E3383D0E_48_power
                 assert math.isclose(power.state, -170.8, rel_tol=1e-5) and power.device_id == 0
+
+
+def family_config(kind: str, slave: int, keys: tuple[str, ...]) -> DeviceConfig:
+    """A device document as the aggregator writes it for a non-battery kind (services/aggregator/devices.py)."""
+    device = parse_device_config(
+        f'{{"schema": 1, "device": {{"id": "{kind}_{BT2}_{slave}", "name": "{kind} {slave}", '
+        f'"bt2": "{BT2}"{"" if not slave else f", {chr(34)}slave_id{chr(34)}: {slave}"}}}, "entities": []}}'
+    ).device
+    specs = tuple(EntitySpec(key=k, name=k.replace("_", " ").title(), unit=None) for k in keys)
+    return DeviceConfig(device, specs)
+
+
+def test_other_device_kinds_are_neither_batteries_nor_the_combined_bank() -> None:
+    """A controller (slave 1) or a shunt (no slave) must not take a battery's or the bank's old names."""
+    configs = {c.device.id: c for c in with_bt2(all_configs())}
+    controller = family_config("controller", 1, ("pv_power", "current"))
+    shunt = family_config("shunt", 0, ("power", "current"))
+    configs[controller.device.id] = controller
+    configs[shunt.device.id] = shunt
+    catalog = build_catalog(configs, 1, naming())
+    assert not catalog.problems
+    served = {e.object_id: e for e in catalog.entities}
+    # The 55 old ones are untouched ...
+    assert {oid: served[oid].key for oid in old_object_ids()} == old_object_ids()
+    # ... and the others get their own alias and hashed keys, never an old key or a battery-style alias.
+    ctl = catalog.by_ref[(controller.device.id, "current")]
+    assert ctl.object_id == f"{ALIAS}_{controller.device.id}_current"
+    assert catalog.by_ref[(shunt.device.id, "power")].object_id == f"{ALIAS}_{shunt.device.id}_power"
+    old_keys = set(old_object_ids().values())
+    for ref in (controller.device.id, shunt.device.id):
+        for key in ("current",):
+            assert catalog.by_ref[(ref, key)].key not in old_keys
