@@ -102,3 +102,80 @@ def true_energy_wh(
         charged += c
         discharged += d
     return charged, discharged, last - first + 1
+
+
+@dataclass
+class EnergyAudit:
+    """Energy the aggregator counted between two counter snapshots against the simulator's truth."""
+
+    counted: dict[str, float]  # "in", "out": Wh, summed over the batteries
+    true: dict[str, float]
+    batteries: dict[int, dict[str, Any]]
+
+    @property
+    def total_counted(self) -> float:
+        return self.counted["in"] + self.counted["out"]
+
+    @property
+    def total_true(self) -> float:
+        return self.true["in"] + self.true["out"]
+
+    @property
+    def error_pct(self) -> float:
+        return 100 * abs(self.total_counted - self.total_true) / max(self.total_true, 1e-9)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "energy_counted_wh": round(self.total_counted, 3),
+            "energy_truth_wh": round(self.total_true, 3),
+            "error_pct": round(self.error_pct, 3),
+            "batteries": self.batteries,
+        }
+
+    def problems(self, share: float = 0.01) -> list[str]:
+        """Why the count is not the truth within ``share`` (of the total, per direction too)."""
+        if self.total_true <= 1.0:
+            return [f"too little energy flowed to judge: {self.total_true:.3f} Wh"]
+        problems = []
+        if abs(self.total_counted - self.total_true) > share * self.total_true:
+            problems.append(f"counted {self.total_counted:.3f} Wh, truth {self.total_true:.3f} Wh")
+        problems.extend(
+            f"energy {key}: counted {self.counted[key]:.3f} Wh, truth {self.true[key]:.3f} Wh"
+            for key in ("in", "out")
+            if abs(self.counted[key] - self.true[key]) > share * self.total_true
+        )
+        return problems
+
+
+def audit_energy(
+    readings: Iterable[Mapping[str, Any]],
+    truth_logs: Iterable[Path],
+    before: Mapping[int, Mapping[str, Any] | None],
+    after: Mapping[int, Mapping[str, Any] | None],
+    speed: float,
+) -> EnergyAudit:
+    """Per battery of ``before``: the counters' gain (in_wh, out_wh at last_mono) against the truth."""
+    truth = truth_records(truth_logs)
+    samples = true_samples(readings, truth, speed)
+    counted = {"in": 0.0, "out": 0.0}
+    true = {"in": 0.0, "out": 0.0}
+    batteries: dict[int, dict[str, Any]] = {}
+    for slave, a in before.items():
+        b = after[slave]
+        if a is None or b is None:
+            raise AssertionError(f"battery {slave}: no energy counter published")
+        charged, discharged, replies = true_energy_wh(
+            truth[slave], samples[slave], a["last_mono"], b["last_mono"], speed
+        )
+        gained = (b["in_wh"] - a["in_wh"], b["out_wh"] - a["out_wh"])
+        counted["in"] += gained[0]
+        counted["out"] += gained[1]
+        true["in"] += charged
+        true["out"] += discharged
+        batteries[slave] = {
+            "counted_wh": [round(v, 3) for v in gained],
+            "truth_wh": [round(charged, 3), round(discharged, 3)],
+            "replies_counted": replies,
+            "seconds_counted": round(b["last_mono"] - a["last_mono"], 1),
+        }
+    return EnergyAudit(counted, true, batteries)

@@ -16,10 +16,10 @@ import re
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from aioesphomeapi.client import APIClient
@@ -28,9 +28,10 @@ from aioesphomeapi.model import SensorInfo, SensorState
 from services.reader.readings import PUBLISHED_FIELDS
 from shared import registers
 from shared.modbus import ReadRequest, ReadResponse, ResponseAssembler
+from tests.support.brokers import MosquittoBroker
 from tests.support.fuzz import long_run
 from tests.support.probe import MqttProbe
-from tests.support.stack import SERVICES, Stack
+from tests.support.stack import SERVICES, ServiceProcess, Stack
 
 T = TypeVar("T", int, float)
 SLAVES = (48, 49, 50, 51)
@@ -50,6 +51,14 @@ FAST_ENV = {
     # A late reply must still be late (> request timeout) but arrive while the reader is busy.
     "RENOGY_SIM_LATE_DELAY": "0.3",
     "RENOGY_LOG_LEVEL": "info",
+}
+
+
+# The whole-stack proofs' timing: modelled latencies x 0.05, short timeouts (a fault costs little time).
+STACK_TIMING = {
+    "RENOGY_SIM_LATENCY_SCALE": "0.05",
+    "RENOGY_REQUEST_TIMEOUT": "0.3",
+    "RENOGY_CONNECT_TIMEOUT": "2",
 }
 
 
@@ -151,38 +160,24 @@ class Exit:
     at: float
 
 
-class ProofStack(Stack):
-    """The three services as processes; the reader gets a fresh truth log (and fault seed) per start.
+class Supervised:
+    """Services watched for exits nobody asked for; ``restart`` says whether such a one starts again.
 
-    ``supervise()`` restarts a service that exits on its own (the reader exits on purpose when the
-    adapter is gone, as under docker or systemd), and records the exit.
+    The reader exits on purpose when the adapter is gone, as under docker or systemd, so the single-host
+    proofs restart (like a restart policy); the multi-host proof must do without, so it only records.
     """
 
-    def __init__(self, broker_url: str, workdir: Path, env: Mapping[str, str] | None = None) -> None:
-        super().__init__(broker_url, workdir, env_overrides=dict(env or {}))
-        self.truth_dir = workdir / "truth"
-        self.truth_dir.mkdir(exist_ok=True)
+    services: dict[str, ServiceProcess]
+    restart = True
+
+    def _init_supervision(self) -> None:
         self.exits: list[Exit] = []
         self.expected_down: set[str] = set()
-        self._base_seed = int(self.services["reader"].env.get("RENOGY_SIM_SEED", "0") or 0)
         self._watch: asyncio.Task[None] | None = None
 
-    @property
-    def truth_logs(self) -> list[Path]:
-        return sorted(self.truth_dir.glob("truth-*.jsonl"))
-
     async def start_service(self, name: str) -> None:
-        service = self.services[name]
-        if name == "reader":
-            n = service.starts
-            service.env["RENOGY_SIM_TRUTH_LOG"] = str(self.truth_dir / f"truth-{n:04d}.jsonl")
-            service.env["RENOGY_SIM_SEED"] = str(self._base_seed + n)
-        await service.start()
+        await self.services[name].start()
         self.expected_down.discard(name)
-
-    async def start(self) -> None:
-        for name in SERVICES:
-            await self.start_service(name)
 
     async def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         self.expected_down.add(name)
@@ -202,22 +197,120 @@ class ProofStack(Stack):
                 code = service.process.returncode
                 if code is not None:
                     self.exits.append(Exit(name, code, time.monotonic()))
-                    await self.start_service(name)
+                    if self.restart:
+                        await self.start_service(name)
+                    else:
+                        self.expected_down.add(name)
             await asyncio.sleep(0.1)  # the supervisor's polling interval
 
-    async def stop(self) -> None:
+    async def stop_supervising(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        self.expected_down.update(SERVICES)
-        await super().stop()
+        self.expected_down.update(self.services)
 
     def pids(self) -> dict[str, int | None]:
         return {n: (s.pid if s.running else None) for n, s in self.services.items()}
 
     def unhandled(self) -> dict[str, list[str]]:
         return {n: found for n, s in self.services.items() if (found := unhandled_exceptions(s.log()))}
+
+
+class ProofStack(Supervised, Stack):
+    """The three services as processes; the reader gets a fresh truth log (and fault seed) per start."""
+
+    def __init__(self, broker_url: str, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(broker_url, workdir, env_overrides=dict(env or {}))
+        self._init_supervision()
+        self.truth_dir = workdir / "truth"
+        self.truth_dir.mkdir(exist_ok=True)
+        self._base_seed = int(self.services["reader"].env.get("RENOGY_SIM_SEED", "0") or 0)
+
+    @property
+    def truth_logs(self) -> list[Path]:
+        return sorted(self.truth_dir.glob("truth-*.jsonl"))
+
+    async def start_service(self, name: str) -> None:
+        service = self.services[name]
+        if name == "reader":
+            n = service.starts
+            service.env["RENOGY_SIM_TRUTH_LOG"] = str(self.truth_dir / f"truth-{n:04d}.jsonl")
+            service.env["RENOGY_SIM_SEED"] = str(self._base_seed + n)
+        await super().start_service(name)
+
+    async def start(self) -> None:
+        for name in SERVICES:
+            await self.start_service(name)
+
+    async def stop(self) -> None:
+        await self.stop_supervising()
+        await super().stop()
+
+
+class RunnableStack(Protocol):
+    api_port: int
+
+    async def start(self) -> None: ...
+
+    def supervise(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def logs(self) -> str: ...
+
+
+@contextlib.asynccontextmanager
+async def watched(stack: RunnableStack, api_host: str = "127.0.0.1") -> AsyncIterator[ClientWatch]:
+    """Start and supervise the stack; yield once a watching client has every entity; always stop it.
+    A failure prints the services' logs."""
+    await stack.start()
+    stack.supervise()
+    watch = ClientWatch(stack.api_port, host=api_host)
+    watch.start()
+    try:
+        await watch.wait_complete(60)
+        yield watch
+    except BaseException:
+        print(stack.logs())
+        raise
+    finally:
+        await watch.stop()
+        await stack.stop()
+
+
+@contextlib.asynccontextmanager
+async def proof_stack(
+    broker_url: str,
+    workdir: Path,
+    env: Mapping[str, str],
+    *filters: str,
+    prepare: Callable[[ProofStack], None] | None = None,
+) -> AsyncIterator[tuple[ProofStack, MqttProbe, ClientWatch]]:
+    """A supervised ProofStack with a probe on ``filters`` and a watching client; ``prepare`` edits it
+    before it starts."""
+    stack = ProofStack(broker_url, workdir, env)
+    if prepare is not None:
+        prepare(stack)
+    async with MqttProbe(broker_url, *filters) as probe, watched(stack) as watch:
+        yield stack, probe, watch
+
+
+@contextlib.asynccontextmanager
+async def mosquitto_stack(
+    workdir: Path,
+    env: Mapping[str, str],
+    *filters: str,
+    prepare: Callable[[ProofStack], None] | None = None,
+) -> AsyncIterator[tuple[MosquittoBroker, ProofStack, MqttProbe, ClientWatch]]:
+    """proof_stack on a Mosquitto of its own, which the test may stop and start (the port stays)."""
+    broker = MosquittoBroker(workdir)
+    await broker.start()
+    try:
+        async with proof_stack(broker.url, workdir, env, *filters, prepare=prepare) as running:
+            yield (broker, *running)
+    finally:
+        await broker.stop()
 
 
 # --- the simulator's truth, written by the reader process -------------------------------------------
@@ -418,6 +511,7 @@ class ClientWatch(BackgroundTask):
 
     port: int
     expect: int = ENTITIES
+    host: str = "127.0.0.1"
     noise_psk: str | None = None
     states: list[tuple[float, str, float | None]] = field(default_factory=list)
     connects: int = 0
@@ -441,7 +535,7 @@ class ClientWatch(BackgroundTask):
         while True:
             stopped = asyncio.Event()
             client = APIClient(
-                "127.0.0.1", self.port, None, noise_psk=self.noise_psk, client_info="proof-watch"
+                self.host, self.port, None, noise_psk=self.noise_psk, client_info="proof-watch"
             )
 
             async def on_stop(expected: bool, stopped: asyncio.Event = stopped) -> None:
@@ -549,9 +643,28 @@ def latest_energy(probe: MqttProbe) -> dict[str, float]:
     return out
 
 
-def health_messages(probe: MqttProbe, service: str) -> list[dict[str, Any]]:
-    topic = f"renogy/bridge/{service}/default/health"
+def health_messages(probe: MqttProbe, service: str, instance: str = "default") -> list[dict[str, Any]]:
+    topic = f"renogy/bridge/{service}/{instance}/health"
     return [orjson.loads(m.payload) for m in probe.messages if m.topic == topic and m.payload]
+
+
+def counter_of(probe: MqttProbe, slave: int) -> dict[str, Any] | None:
+    """The energy counter of a battery in its latest device state (in_wh, out_wh, last_mono)."""
+    topic = f"renogy/device/battery_{slave}/state"
+    return probe.json(topic).get("counter") if topic in probe.latest else None
+
+
+def counted_after(probe: MqttProbe, mono: float, slaves: Iterable[int] = SLAVES) -> bool:
+    """Whether every battery's counter holds a reading taken after ``mono`` (the reader's monotonic clock)."""
+    counters = [counter_of(probe, s) for s in slaves]
+    return all(c is not None and (c.get("last_mono") or 0.0) > mono for c in counters)
+
+
+def outbox_empty(probe: MqttProbe, instance: str = "default", batteries: int = len(SLAVES)) -> bool:
+    """Whether the reader's outbox holds no backlog (its last health shows at most one cycle queued)."""
+    healths = health_messages(probe, "reader", instance)
+    # The health of a cycle is published right after its readings were queued: up to one per battery.
+    return bool(healths) and (healths[-1].get("outbox") or {}).get("queued", 99) <= batteries
 
 
 def total_reader_cycles(healths: list[dict[str, Any]]) -> int:

@@ -14,7 +14,6 @@ import random
 import signal
 import statistics
 import time
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,14 @@ from tests.proof.support import (
     DEVICES,
     ENTITIES,
     SLAVES,
+    STACK_TIMING,
     ClientWatch,
     ProofStack,
     Truth,
     audit_reading,
     energy_decreases_mqtt,
     latest_energy,
+    mosquitto_stack,
     proof_scale,
     reading_messages,
     record_figures,
@@ -48,9 +49,7 @@ pytestmark = [
 RECOVERY_LIMIT = 5.0
 CHAOS_ENV = {
     "RENOGY_POLL_INTERVAL": "0.5",
-    "RENOGY_SIM_LATENCY_SCALE": "0.05",
-    "RENOGY_REQUEST_TIMEOUT": "0.3",
-    "RENOGY_CONNECT_TIMEOUT": "2",
+    **STACK_TIMING,
     "RENOGY_SIM_SEED": "2000",
     # Physics x10: values change every cycle, so fresh updates show at the client at once after an event.
     "RENOGY_SIM_SPEED": "10",
@@ -63,32 +62,10 @@ RETAINED = [
 ]
 
 
-@contextlib.asynccontextmanager
-async def chaos_stack(
+def chaos_stack(
     tmp_path: Path,
-) -> AsyncIterator[tuple[MosquittoBroker, ProofStack, MqttProbe, ClientWatch]]:
-    broker = MosquittoBroker(tmp_path)
-    await broker.start()
-    stack = ProofStack(broker.url, tmp_path, CHAOS_ENV)
-    try:
-        async with MqttProbe(
-            broker.url, "renogy/bt2/#", "renogy/device/#", "renogy/bridge/+/+/state"
-        ) as probe:
-            await stack.start()
-            stack.supervise()
-            watch = ClientWatch(stack.api_port)
-            watch.start()
-            try:
-                await watch.wait_complete(60)
-                yield broker, stack, probe, watch
-            except BaseException:
-                print(stack.logs())
-                raise
-            finally:
-                await watch.stop()
-                await stack.stop()
-    finally:
-        await broker.stop()
+) -> contextlib.AbstractAsyncContextManager[tuple[MosquittoBroker, ProofStack, MqttProbe, ClientWatch]]:
+    return mosquitto_stack(tmp_path, CHAOS_ENV, "renogy/bt2/#", "renogy/device/#", "renogy/bridge/+/+/state")
 
 
 async def fresh_retained(url: str, timeout: float) -> float:

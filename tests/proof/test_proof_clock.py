@@ -13,26 +13,28 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.proof.energy_truth import true_energy_wh, true_samples, truth_records
+from tests.proof.energy_truth import audit_energy
 from tests.proof.support import (
     SLAVES,
+    STACK_TIMING,
     ClientWatch,
     ProofStack,
+    counted_after,
+    counter_of,
     energy_decreases_mqtt,
+    mosquitto_stack,
     proof_scale,
     reading_messages,
     record_figures,
     write_figures,
 )
-from tests.proof.test_proof_outage import counted_after, counter_of
-from tests.support.brokers import MOSQUITTO, MosquittoBroker
-from tests.support.probe import MqttProbe
+from tests.support.brokers import MOSQUITTO
 
 LIBFAKETIME = next(
     (
@@ -59,9 +61,7 @@ YEARS_2 = 2 * 365 * 86400
 STEPS = (("+2y", YEARS_2), ("+0", -YEARS_2), ("-120", -120))
 CLOCK_ENV = {
     "RENOGY_POLL_INTERVAL": "1",
-    "RENOGY_SIM_LATENCY_SCALE": "0.05",
-    "RENOGY_REQUEST_TIMEOUT": "0.3",
-    "RENOGY_CONNECT_TIMEOUT": "2",
+    **STACK_TIMING,
     "RENOGY_SIM_SEED": "4000",
     "RENOGY_SIM_SPEED": str(SPEED),
     "RENOGY_SAVE_INTERVAL": "2",  # saves during every phase: nothing from the future may stay on disk
@@ -97,56 +97,22 @@ async def test_clock_steps_of_the_whole_host(tmp_path: Path) -> None:
     phase = proof_scale(8.0, 120.0)
     offset_file = tmp_path / "faketime.rc"
     offset_file.write_text("+0\n")
-    broker = MosquittoBroker(tmp_path)
-    await broker.start()
-    stack = ProofStack(broker.url, tmp_path, CLOCK_ENV)
-    faked(stack, offset_file)
     fresh_after_step: list[bool] = []
-    try:
-        async with MqttProbe(broker.url, "renogy/bt2/#", "renogy/device/#") as probe:
-            await stack.start()
-            stack.supervise()
-            watch = ClientWatch(stack.api_port)
-            watch.start()
-            try:
-                await watch.wait_complete(60)
-                started = time.monotonic()
-                await probe.wait_for(lambda: counted_after(probe, started + 1), 30, "counting")
-                before = {s: counter_of(probe, s) for s in SLAVES}
-                for spec, _ in STEPS:
-                    set_offset(offset_file, spec)
-                    stepped = time.monotonic()
-                    await asyncio.sleep(phase)  # running with the stepped clock: an input of the experiment
-                    fresh_after_step.append(fresh_power_since(watch, stepped + 3))
-                mark = time.monotonic()
-                await probe.wait_for(lambda: counted_after(probe, mark + 1), 30, "counting at the end")
-                after = {s: counter_of(probe, s) for s in SLAVES}
-            except BaseException:
-                print(stack.logs())
-                raise
-            finally:
-                await watch.stop()
-                await stack.stop()
-    finally:
-        await broker.stop()
-    truth = truth_records(stack.truth_logs)
-    samples = true_samples(reading_messages(probe), truth, SPEED)
-    counted = true = 0.0
-    per_battery: dict[int, Any] = {}
-    for slave in SLAVES:
-        a, b = before[slave], after[slave]
-        assert a is not None and b is not None
-        charged, discharged, replies = true_energy_wh(
-            truth[slave], samples[slave], a["last_mono"], b["last_mono"], SPEED
-        )
-        gained = b["in_wh"] - a["in_wh"] + b["out_wh"] - a["out_wh"]
-        counted += gained
-        true += charged + discharged
-        per_battery[slave] = {
-            "counted_wh": round(gained, 3),
-            "truth_wh": round(charged + discharged, 3),
-            "replies": replies,
-        }
+    filters = ("renogy/bt2/#", "renogy/device/#")
+    prepare = partial(faked, offset_file=offset_file)
+    async with mosquitto_stack(tmp_path, CLOCK_ENV, *filters, prepare=prepare) as (_, stack, probe, watch):
+        started = time.monotonic()
+        await probe.wait_for(lambda: counted_after(probe, started + 1), 30, "counting")
+        before = {s: counter_of(probe, s) for s in SLAVES}
+        for spec, _ in STEPS:
+            set_offset(offset_file, spec)
+            stepped = time.monotonic()
+            await asyncio.sleep(phase)  # running with the stepped clock: an input of the experiment
+            fresh_after_step.append(fresh_power_since(watch, stepped + 3))
+        mark = time.monotonic()
+        await probe.wait_for(lambda: counted_after(probe, mark + 1), 30, "counting at the end")
+        after = {s: counter_of(probe, s) for s in SLAVES}
+    energy = audit_energy(reading_messages(probe), stack.truth_logs, before, after, SPEED)
     log = stack["aggregator"].log()
     host_steps = [line for line in log.splitlines() if "this host's clock stepped" in line]
     reader_steps = [line for line in log.splitlines() if "reader's wall clock stepped" in line]
@@ -155,10 +121,7 @@ async def test_clock_steps_of_the_whole_host(tmp_path: Path) -> None:
     figures = {
         "steps": [spec for spec, _ in STEPS],
         "phase_s": phase,
-        "energy_counted_wh": round(counted, 3),
-        "energy_truth_wh": round(true, 3),
-        "error_pct": round(100 * abs(counted - true) / true, 3),
-        "batteries": per_battery,
+        **energy.figures(),
         "host_step_lines": len(host_steps),
         "reader_step_lines": len(reader_steps),
         "fresh_values_after_each_step": fresh_after_step,
@@ -166,8 +129,7 @@ async def test_clock_steps_of_the_whole_host(tmp_path: Path) -> None:
         "unhandled_exceptions": sum(len(v) for v in stack.unhandled().values()),
     }
     write_figures("clock_steps", figures)
-    assert true > 1.0
-    assert abs(counted - true) <= 0.01 * true, figures
+    assert not energy.problems(), (energy.problems(), figures)
     for _, size in STEPS:
         text = f"{size:+.1f}"
         assert any(text in line for line in host_steps), (text, host_steps)

@@ -13,11 +13,9 @@ Short forms run in `make test`; `make soak` runs the long ones (RENOGY_PROOF=lon
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,7 @@ from tests.proof.support import (
     ENERGY_KEYS,
     FAST_ENV,
     SLAVES,
-    ClientWatch,
     CycleCounter,
-    ProofStack,
     Sampler,
     Truth,
     ValueBook,
@@ -41,6 +37,7 @@ from tests.proof.support import (
     energy_decreases_mqtt,
     health_messages,
     proof_scale,
+    proof_stack,
     reading_messages,
     record_figures,
     recovery,
@@ -56,27 +53,6 @@ PROBE_FILTERS = (
     "renogy/bridge/+/+/state",
     "renogy/device/+/state",
 )
-
-
-@contextlib.asynccontextmanager
-async def proof_stack(
-    broker: Broker, workdir: Path, env: Mapping[str, str]
-) -> AsyncIterator[tuple[ProofStack, MqttProbe, ClientWatch]]:
-    stack = ProofStack(broker.url, workdir, env)
-    async with MqttProbe(broker.url, *PROBE_FILTERS) as probe:
-        await stack.start()
-        stack.supervise()
-        watch = ClientWatch(stack.api_port)
-        watch.start()
-        try:
-            await watch.wait_complete(60)
-            yield stack, probe, watch
-        except BaseException:
-            print(stack.logs())
-            raise
-        finally:
-            await watch.stop()
-            await stack.stop()
 
 
 async def run_cycles(probe: MqttProbe, cycles: int, timeout: float) -> float:
@@ -97,7 +73,7 @@ SOAK_CYCLES = int(os.environ.get("RENOGY_SOAK_CYCLES") or proof_scale(120, 10_00
 async def test_fault_soak(mosquitto: Broker, tmp_path: Path) -> None:
     cycles = SOAK_CYCLES
     env = {**FAST_ENV, "RENOGY_SIM_FAULT_RATE": "0.1", "RENOGY_SIM_SEED": "1000"}
-    async with proof_stack(mosquitto, tmp_path, env) as (stack, probe, watch):
+    async with proof_stack(mosquitto.url, tmp_path, env, *PROBE_FILTERS) as (stack, probe, watch):
         wall = await run_cycles(probe, cycles, 60 + cycles)
         healths_before_stop = health_messages(probe, "reader")
     # Stopped: every log and truth record is complete now.
@@ -217,7 +193,7 @@ async def test_day_soak(mosquitto: Broker, tmp_path: Path) -> None:
         "RENOGY_SIM_SPEED": str(DAY_SPEED),
         "RENOGY_SIM_FAULT_RATE": "0",
     }
-    async with proof_stack(mosquitto, tmp_path, env) as (stack, probe, watch):
+    async with proof_stack(mosquitto.url, tmp_path, env, *PROBE_FILTERS) as (stack, probe, watch):
         sampler = Sampler(stack.pids, interval=proof_scale(0.5, 2.0))
         sampler.start()
         try:

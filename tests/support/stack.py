@@ -31,12 +31,20 @@ class ServiceProcess:
     log_path: Path
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
+    launcher: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "host1"): run it on another host
 
     async def start(self) -> None:
         log = self.log_path.open("ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.cli", self.name, env=self.env, stdout=log, stderr=log
+                *self.launcher,
+                sys.executable,
+                "-m",
+                "services.cli",
+                self.name,
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
         finally:
             log.close()
