@@ -16,7 +16,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from shared.mqtt_url import parse_url
 from shared.noise_key import InvalidKeyError, decode_key
 
 ENV_PREFIX = "RENOGY_"
@@ -66,12 +67,14 @@ def setting(
     cli: tuple[str, ...] = (),
     commands: tuple[str, ...] = (),
     metavar: str | None = None,
+    check: Callable[[Any], None] | None = None,
 ) -> Any:
     """A configurable key: default, environment variable and help; optionally its command-line flag.
 
     ``cli`` names the flag (``--no-...`` for a boolean flag that sets false, any other name on a
     boolean sets true) and ``commands`` the subcommands that take it; services/cli.py generates those
     options (type, choices, help with default and variable) and docs/configuration.md lists them.
+    ``check`` validates a value that was given (ValueError with a reason; the key is put in front).
     """
     if bool(cli) != bool(commands):
         raise ValueError(f"setting {env}: cli and commands go together")
@@ -85,10 +88,55 @@ def setting(
         "cli": cli,
         "commands": commands,
         "metavar": metavar,
+        "check": check,
     }
     if isinstance(default, list | dict):
         return field(default_factory=default.copy, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _check_url(url: str) -> None:
+    parse_url(url)
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_directory(path: Path) -> None:
+    """A directory that exists or can be made: nothing in the way that is not a directory."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a directory")
+    base = _first_existing(path)
+    if not base.is_dir():
+        raise ValueError(f"{path} cannot be made: {base} is a file, not a directory")
+
+
+def _check_input_file(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a file")
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path} is not readable by this user")
+
+
+def _check_ca_file(path: Path) -> None:
+    import ssl  # noqa: PLC0415 - only when a CA file is configured
+
+    _check_input_file(path)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        raise ValueError(f"{path} holds no usable PEM certificate ({exc.reason or exc})") from None
+
+
+def _check_output_file(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a file")
+    _check_directory(path.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +149,7 @@ class MqttConfig:
         cli=("--mqtt",),
         commands=CLI_COMMON,
         metavar="URL",
+        check=_check_url,
     )
     username: str | None = setting(None, "RENOGY_MQTT_USERNAME", "Broker user name")
     password: str | None = setting(None, "RENOGY_MQTT_PASSWORD", "Broker password", secret=True)
@@ -111,10 +160,14 @@ class MqttConfig:
         metavar="TOPIC",
     )
     ca_file: Path | None = setting(
-        None, "RENOGY_MQTT_CA_FILE", "CA bundle for mqtts:// (system CAs when unset)"
+        None, "RENOGY_MQTT_CA_FILE", "CA bundle for mqtts:// (system CAs when unset)", check=_check_ca_file
     )
-    cert_file: Path | None = setting(None, "RENOGY_MQTT_CERT_FILE", "Client certificate for mutual TLS")
-    key_file: Path | None = setting(None, "RENOGY_MQTT_KEY_FILE", "Client key for mutual TLS", secret=True)
+    cert_file: Path | None = setting(
+        None, "RENOGY_MQTT_CERT_FILE", "Client certificate for mutual TLS", check=_check_input_file
+    )
+    key_file: Path | None = setting(
+        None, "RENOGY_MQTT_KEY_FILE", "Client key for mutual TLS", secret=True, check=_check_input_file
+    )
     tls_insecure: bool = setting(
         False, "RENOGY_MQTT_TLS_INSECURE", "Skip broker certificate host-name checks"
     )
@@ -240,6 +293,7 @@ class ReaderConfig:
         cli=("--capture",),
         commands=CLI_READER,
         metavar="FILE",
+        check=_check_output_file,
     )
     outage_buffer: float = setting(
         86400.0,
@@ -322,6 +376,7 @@ class SimulatorConfig:
         cli=("--sim-truth-log",),
         commands=CLI_READER,
         metavar="FILE",
+        check=_check_output_file,
     )
     late_delay: float = setting(
         2.5,
@@ -488,6 +543,7 @@ class Config:
         cli=("--state-dir",),
         commands=CLI_COMMON,
         metavar="DIR",
+        check=_check_directory,
     )
     log_level: str = setting(
         "info", "RENOGY_LOG_LEVEL", "Log level", choices=("debug", "info", "warning", "error"),
@@ -683,13 +739,26 @@ def _instance_identity(gateway: GatewayConfig, explicit: Collection[str]) -> Gat
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    where = f"config file {path} (--config / RENOGY_CONFIG)"
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; name the TOML file itself") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
 
 
 def _check_unknown(file_values: Mapping[str, Any], path: Path | str | None) -> None:
@@ -736,6 +805,11 @@ def _validate(where: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any
             raise ConfigError(f"{where}: {result} is below the minimum {low}")
         if high is not None and result > high:
             raise ConfigError(f"{where}: {result} is above the maximum {high}")
+    if meta.get("check") is not None:
+        try:
+            meta["check"](result)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return result
 
 
@@ -848,11 +922,32 @@ def _cross_check(config: Config) -> None:
         )
     if config.reader.backend is not None and ":" not in config.reader.backend:
         raise ConfigError(f"reader.backend: {config.reader.backend!r} must be module:Class")
+    _check_client_cert(config.mqtt)
     if config.gateway.api_key is not None:
         try:
             decode_key(config.gateway.api_key)
         except InvalidKeyError as exc:
             raise ConfigError(f"gateway.api_key: {exc}") from None
+
+
+def _check_client_cert(mqtt: MqttConfig) -> None:
+    """Mutual TLS: the certificate and its key must load together (paho would raise at connect)."""
+    if mqtt.cert_file is None:
+        if mqtt.key_file is not None:
+            raise ConfigError("mqtt.key_file is set without mqtt.cert_file (RENOGY_MQTT_CERT_FILE)")
+        return
+    import ssl  # noqa: PLC0415 - only when a client certificate is configured
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    key = None if mqtt.key_file is None else str(mqtt.key_file)
+    try:
+        # A callable password: an encrypted key fails here instead of prompting on the terminal.
+        context.load_cert_chain(str(mqtt.cert_file), key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"mqtt.cert_file / mqtt.key_file: {mqtt.cert_file} and {mqtt.key_file or 'its key'} do not load as a "
+            f"client certificate and unencrypted key ({exc.reason or exc})"
+        ) from None
 
 
 def effective(config: Config, *, mask_secrets: bool = True) -> dict[str, Any]:

@@ -14,9 +14,11 @@ import contextlib
 import logging
 import socket
 import ssl
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,6 +30,8 @@ from shared.mqtt_url import parse_url as parse_url  # noqa: PLC0414
 _LOGGER = logging.getLogger(__name__)
 
 MAX_QUEUED = 10_000
+# While the same connection failure repeats, one summary line at most this often (seconds).
+FAILURE_SUMMARY_INTERVAL = 300.0
 
 
 class _PahoNoise(logging.Filter):
@@ -52,6 +56,48 @@ MessageHandler = Callable[[Message], None]
 ConnectHandler = Callable[[], None]
 
 
+def failure_reason(exc: BaseException | None) -> tuple[str, str]:
+    """(kind, reason) of a failed connection attempt: 'tls' with the certificate problem, else 'unreachable'."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls", exc.verify_message or str(exc)
+    if isinstance(exc, ssl.CertificateError):  # paho's own host-name check
+        return "tls", str(exc)
+    if isinstance(exc, ssl.SSLError):
+        return "tls", exc.reason or str(exc)
+    if isinstance(exc, OSError):
+        return "unreachable", exc.strerror or str(exc) or type(exc).__name__
+    return "unreachable", "no reason given" if exc is None else str(exc) or type(exc).__name__
+
+
+@dataclass
+class FailureStreak:
+    """Which connection failures to log (sans-IO): each new reason once, then a summary at most every
+    ``interval`` seconds while the same reason repeats, so a broker that stays away for a day costs a
+    few hundred lines instead of tens of thousands."""
+
+    interval: float = FAILURE_SUMMARY_INTERVAL
+    reason: str | None = None
+    attempts: int = 0  # failures since the last line about this reason
+    since: float = 0.0  # when that line was logged
+
+    def record(self, reason: str, now: float) -> str | None:
+        """'first' (log it in full), 'summary' (log ``attempts`` over ``now - since``) or None (stay quiet).
+
+        After 'summary' the caller reads ``attempts`` and ``since`` and then calls ``summarised(now)``.
+        """
+        if reason != self.reason:
+            self.reason, self.attempts, self.since = reason, 1, now
+            return "first"
+        self.attempts += 1
+        if now - self.since >= self.interval:
+            return "summary"
+        return None
+
+    def summarised(self, now: float) -> None:
+        self.attempts, self.since = 0, now
+
+    def clear(self) -> None:
+        self.reason, self.attempts = None, 0
 
 
 def paho_client(config: MqttConfig, client_id: str) -> paho.Client:
@@ -90,6 +136,7 @@ class MqttClient:
         *,
         will: tuple[str, bytes] | None = None,
         on_message: MessageHandler | None = None,
+        failure_summary_interval: float = FAILURE_SUMMARY_INTERVAL,
     ) -> None:
         self.config = config
         self.address = parse_url(config.url)
@@ -106,7 +153,9 @@ class MqttClient:
         self._client.enable_logger(logging.getLogger("paho"))
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.max_queued_messages_set(MAX_QUEUED)
-        self._client.reconnect_delay_set(1, max(1, round(config.reconnect_max_delay)))
+        # paho types the delays as int but compares them with float clocks: sub-second caps work as set.
+        delay = cast(int, config.reconnect_max_delay)
+        self._client.reconnect_delay_set(min(1, delay), delay)
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_socket_open = self._on_socket_open
@@ -114,6 +163,7 @@ class MqttClient:
         self._client.on_disconnect = self._paho_on_disconnect
         self._client.on_connect_fail = self._paho_on_connect_fail
         self._connect_failures = 0
+        self._failures = FailureStreak(failure_summary_interval)
         self._stopping = False
         self._client.on_message = self._paho_on_message
 
@@ -213,12 +263,13 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            self._call_soon(self._log_connect_failure, str(reason))
+            self._call_soon(self._log_failure, "refused", str(reason))
             return
         self._call_soon(self._handle_connected)
 
     def _paho_on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        self._call_soon(self._log_unreachable)
+        # paho calls this inside its `except OSError:` around the attempt: the exception says why.
+        self._call_soon(self._log_failure, *failure_reason(sys.exc_info()[1]))
 
     def _paho_on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -240,22 +291,51 @@ class MqttClient:
 
     # --- event loop side -----------------------------------------------------------------------
 
-    def _log_connect_failure(self, reason: str) -> None:
-        _LOGGER.warning("MQTT broker %s refused the connection: %s", self.address, reason)
-
-    def _log_unreachable(self) -> None:
+    def _log_failure(self, kind: str, reason: str) -> None:
+        """A failed attempt: in full when its reason is new, then a summary every few minutes at most."""
         self._connect_failures += 1
-        level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-        _LOGGER.log(
-            level,
-            "cannot reach MQTT broker %s; retrying every %.0f s at most (attempt %d)",
-            self.address,
-            self.config.reconnect_max_delay,
-            self._connect_failures,
-        )
+        now = time.monotonic()
+        shown = f"refused: {reason}" if kind == "refused" else reason
+        verdict = self._failures.record(f"{kind}: {reason}", now)
+        if verdict is None:
+            _LOGGER.debug(
+                "MQTT broker %s: attempt %d failed (%s)", self.address, self._connect_failures, shown
+            )
+        elif verdict == "summary":
+            _LOGGER.warning(
+                "still cannot reach MQTT broker %s (%d attempts in the last %.1f min): %s",
+                self.address,
+                self._failures.attempts,
+                (now - self._failures.since) / 60,
+                shown,
+            )
+            self._failures.summarised(now)
+        elif kind == "refused":
+            _LOGGER.warning(
+                "MQTT broker %s refused the connection: %s; check mqtt.username / RENOGY_MQTT_USERNAME and "
+                "mqtt.password / RENOGY_MQTT_PASSWORD (or mqtt://USER:PASSWORD@HOST in mqtt.url)",
+                self.address,
+                reason,
+            )
+        elif kind == "tls":
+            _LOGGER.warning(
+                "TLS with MQTT broker %s failed: %s; check mqtt.ca_file / RENOGY_MQTT_CA_FILE (the CA that "
+                "signed the broker's certificate) and the host in mqtt.url (mqtt.tls_insecure skips the "
+                "host-name check)",
+                self.address,
+                reason,
+            )
+        else:
+            _LOGGER.warning(
+                "cannot reach MQTT broker %s (%s); retrying every %s s at most",
+                self.address,
+                reason,
+                f"{self.config.reconnect_max_delay:g}",
+            )
 
     def _handle_connected(self) -> None:
         self._connect_failures = 0
+        self._failures.clear()
         self.connect_count += 1
         if self.connect_count == 1:
             _LOGGER.info("connected to MQTT broker %s as %s", self.address, self.client_id)
