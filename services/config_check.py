@@ -18,9 +18,9 @@ CONFIG_ENV = "RENOGY_CONFIG"
 # Variables docker-compose.yml reads for itself (published port and address of our Mosquitto); they
 # reach the containers through env_file, so they are known, not typos. A test keeps this complete.
 COMPOSE_VARIABLES = frozenset({"RENOGY_MQTT_PORT", "RENOGY_MQTT_BIND"})
-# Variables only the test suite reads.
+# Variables only the test suite reads (and RENOGY_RUN_FORK, read by services/supervisor.py).
 TEST_VARIABLES = frozenset(
-    {"RENOGY_PROOF", "RENOGY_SOAK_CYCLES", "RENOGY_HA_TEST", "RENOGY_HA_VERSION", "RENOGY_HA_PYTHON"}
+    {"RENOGY_RUN_FORK", "RENOGY_PROOF", "RENOGY_SOAK_CYCLES", "RENOGY_HA_TEST", "RENOGY_HA_VERSION", "RENOGY_HA_PYTHON"}
 )
 
 

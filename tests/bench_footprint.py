@@ -97,12 +97,18 @@ def tree(pid: int) -> dict[int, str]:
     out = {}
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            out[proc.pid] = _role(proc.cmdline())
+            out[proc.pid] = _role(proc.cmdline(), proc.name())
     return out
 
 
-def _role(cmdline: list[str]) -> str:
-    """'supervisor' for `renogy-proxy run`, else the service subcommand (reader, gateway, ...)."""
+def _role(cmdline: list[str], comm: str = "") -> str:
+    """The service of a fork (named renogy-<service>: it has the supervisor's command line), 'supervisor'
+    for `renogy-proxy run`, else the service subcommand (reader, gateway, ...)."""
+    from services.supervisor import process_name
+
+    for service in ("reader", "aggregator", "gateway", "broker"):
+        if comm == process_name(service):
+            return service
     for word in cmdline:
         if word == "run":
             return "supervisor"
@@ -172,7 +178,7 @@ def flood_scanner(rate: float) -> type[Any]:
         for i in range(FLOOD_ADDRESSES)
     ]
 
-    class FloodScanner(SimScanner):  # type: ignore[misc]
+    class FloodScanner(SimScanner):
         _flood: asyncio.Task[None] | None = None
 
         async def start(self) -> None:
@@ -221,7 +227,7 @@ def _flood_reader(rate: float) -> int:
     def backends(config: Any) -> Any:
         return dataclasses.replace(original(config), scanner=flood_scanner(rate))
 
-    simulate.simulator_backends = backends  # type: ignore[assignment]
+    simulate.simulator_backends = backends
     return main(["reader"])
 
 

@@ -363,6 +363,11 @@ class ApiConnection(asyncio.Protocol):
             return
         self._write(data)
 
+    def send_encoded(self, data: bytes) -> None:
+        """Send bytes already framed for this connection's codec (a fan-out encodes them once)."""
+        if self.ready and data:
+            self._write(data)
+
     def send_advertisements(self, frames: list[Frame]) -> bool:
         """Advertisement batch; dropped (False) while the client's socket is backed up."""
         if not self.ready or self.buffered > self.limits.soft:

@@ -12,7 +12,7 @@ from services.gateway import messages as ids
 from services.gateway.bluetooth import BluetoothHub
 from services.gateway.connection import ApiConnection, Codec, ConnectionState, Counters, Keepalive, Limits
 from services.gateway.entities import Catalog
-from services.gateway.framing import Frame, PlainCodec
+from services.gateway.framing import Frame, PlainCodec, encode_plaintext_many
 from services.gateway.identity import Mac, derive_bluetooth_mac
 from services.gateway.keystore import KeyStore
 from services.gateway.logs import LogFanout
@@ -299,14 +299,27 @@ class GatewayServer:
     # --- fan-out ----------------------------------------------------------------------------------
 
     def _on_states(self, frames: list[Frame]) -> None:
-        for conn in list(self.connections):
-            if conn.states_subscribed and conn.sub_devices:
-                conn.send_frames(frames)
+        self._fan_out([c for c in self.connections if c.states_subscribed and c.sub_devices], frames)
 
     def _on_flat_states(self, frames: list[Frame]) -> None:
-        for conn in list(self._flat_clients):
-            if conn.states_subscribed:
+        self._fan_out([c for c in self._flat_clients if c.states_subscribed], frames)
+
+    def _fan_out(self, connections: list[ApiConnection], frames: list[Frame]) -> None:
+        """The plaintext bytes are built once for every plaintext client; a Noise client's are its own
+        (each session encrypts with its own key and nonce)."""
+        plain: bytes | None = None
+        for conn in connections:
+            codec = conn.codec
+            if codec is None or codec.encrypted or not conn.ready:
                 conn.send_frames(frames)
+                continue
+            if plain is None:
+                try:
+                    plain = encode_plaintext_many(frames)
+                except ValueError as exc:
+                    _LOGGER.error("cannot encode a state message: %s", exc)
+                    return
+            conn.send_encoded(plain)
 
     def _on_catalog(self, catalog: Catalog) -> None:
         self.schedule_relist()
