@@ -141,7 +141,10 @@ DESCRIPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "decode": (
         "Decode a captured Modbus response frame as the reader would (CRC, length, plausibility).",
-        ("renogy-proxy decode 5042 30030c0000020c0000c2b20000c350ee9a",),
+        (
+            "renogy-proxy decode 5042 30030c0000020c0000c2b20000c350ee9a",
+            "renogy-proxy decode --kind dcc 256 ff030e0064008500001010007a000000003168",
+        ),
     ),
     "scan": (
         "List the BT-2 modules (BT-TH-*) that advertise nearby, on the configured adapter "
@@ -262,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("register", type=int, help="start register of the request, e.g. 5042")
     decode.add_argument("frame", help="hex of the whole response frame, CRC included")
     decode.add_argument("--slave", type=int, default=None, help="expected slave id (default: any)")
+    decode.add_argument(
+        "--kind",
+        choices=("battery", "controller", "dcc", "inverter", "shunt"),
+        default="battery",
+        help="device kind (default %(default)s); a shunt's HEX is one notification payload, REGISTER 0",
+    )
     decode.add_argument(
         "--family",
         choices=("bt2", "pro", "rngpro"),
@@ -417,7 +426,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from services.tools import decode_frame  # noqa: PLC0415
 
     try:
-        result = decode_frame(args.register, args.frame, slave=args.slave, family=args.family)
+        result = decode_frame(
+            args.register, args.frame, slave=args.slave, family=args.family, kind=args.kind
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
