@@ -66,7 +66,13 @@ def _arg_type(info: SettingInfo) -> Callable[[str], Any] | None:
         return None
     if get_origin(info.base) is list and get_args(info.base) == (int,):
         return _ids
+    if get_origin(info.base) is list and get_args(info.base) == (str,):
+        return _comma_list
     raise TypeError(f"{info.path}: no command-line form for {info.base!r}")  # pragma: no cover
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def command_settings(command: str) -> list[SettingInfo]:

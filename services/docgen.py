@@ -34,6 +34,8 @@ EXAMPLES: dict[str, Any] = {
     "reader.backend": "mypackage.ble:MyClient",
     "reader.capture_file": "/var/lib/renogy-proxy/capture.jsonl",
     "reader.scan_duty": [10.0, 20.0],
+    "reader.devices": ["controller:1", "dcc:96"],
+    "simulator.devices": ["battery:48", "battery:49", "controller:1", "dcc:96"],
     "simulator.truth_log": "/tmp/renogy-truth.jsonl",
     "aggregator.max_gap": 90.0,
     "aggregator.stale_after": 90.0,

@@ -215,6 +215,14 @@ class ReaderConfig:
         commands=CLI_READER,
         metavar="IDS",
     )
+    devices: list[str] = setting(
+        [], "RENOGY_DEVICES",
+        "Other devices on the BT-2's bus as kind:slave pairs (kinds battery, controller, dcc, inverter), "
+        "e.g. controller:1,dcc:96; battery:<id> entries, if any, replace reader.batteries",
+        cli=("--devices",),
+        commands=CLI_READER,
+        metavar="KIND:ID,...",
+    )
     poll_interval: float = setting(
         30.0, "RENOGY_POLL_INTERVAL", "Seconds from cycle start to cycle start (0 = back to back)", minimum=0,
         cli=("--poll-interval",),
@@ -317,6 +325,15 @@ class SimulatorConfig:
         cli=("--sim-batteries",),
         commands=CLI_READER,
         metavar="IDS",
+    )
+    devices: list[str] = setting(
+        [], "RENOGY_SIM_DEVICES",
+        "Simulated devices as kind:slave pairs, e.g. battery:48,battery:49,controller:1,dcc:96; battery "
+        "entries replace simulator.batteries, and a reader on the simulator reads exactly these unless "
+        "reader.batteries or reader.devices is given",
+        cli=("--sim-devices",),
+        commands=CLI_READER,
+        metavar="KIND:ID,...",
     )
     address: str = setting(
         "C4:64:E3:38:3D:0E",
@@ -685,9 +702,66 @@ def load_config(
     sections = {name: cls(**raw[name]) for name, cls in _SECTIONS.items()}
     sections["mqtt"] = _url_credentials(sections["mqtt"])
     sections["gateway"] = _instance_identity(sections["gateway"], explicit=raw["gateway"].keys())
+    sections["reader"], sections["simulator"] = _device_lists(
+        sections["reader"], sections["simulator"], reader_given=raw["reader"].keys()
+    )
     config = Config(**raw[""], **sections)
     _cross_check(config)
     return config
+
+
+# Kinds that answer Modbus on a BT-2's RS485 bus (the Smart Shunt is a BLE device of its own).
+BUS_KINDS = ("battery", "controller", "dcc", "inverter")
+
+
+def device_pairs(key: str, entries: Collection[str]) -> list[tuple[str, int]]:
+    """``["controller:1", ...]`` as (kind, slave id) pairs; ConfigError naming ``key`` for a bad entry."""
+    pairs: list[tuple[str, int]] = []
+    low, high = 1, 255
+    for entry in entries:
+        kind, sep, slave_text = str(entry).strip().partition(":")
+        kind = kind.strip().lower()
+        if not sep or kind not in BUS_KINDS or not slave_text.strip().isascii() or not slave_text.strip().isdigit():
+            raise ConfigError(
+                f"{key}: {entry!r} is not kind:slave (kinds {', '.join(BUS_KINDS)}; e.g. controller:1)"
+            )
+        slave = int(slave_text)
+        if not low <= slave <= high:
+            raise ConfigError(f"{key}: slave id {slave} of {entry!r} outside {low}..{high}")
+        if (kind, slave) in pairs or any(other == slave for _, other in pairs):
+            raise ConfigError(f"{key}: slave id {slave} is given twice (one bus, one device per id)")
+        pairs.append((kind, slave))
+    return pairs
+
+
+def _device_lists(
+    reader: ReaderConfig, simulator: SimulatorConfig, *, reader_given: Collection[str]
+) -> tuple[ReaderConfig, SimulatorConfig]:
+    """Apply the kind:slave lists: battery entries replace the battery lists; on the simulator the
+    reader reads what is simulated unless told otherwise."""
+    sim_pairs = device_pairs("simulator.devices", simulator.devices)
+    if sim_pairs:
+        sim_batteries = [slave for kind, slave in sim_pairs if kind == "battery"]
+        simulator = dataclasses.replace(
+            simulator,
+            devices=[f"{kind}:{slave}" for kind, slave in sim_pairs],
+            batteries=sim_batteries or simulator.batteries,
+        )
+        if simulator.enabled and not {"batteries", "devices"} & set(reader_given):
+            reader = dataclasses.replace(reader, batteries=simulator.batteries, devices=list(simulator.devices))
+    pairs = device_pairs("reader.devices", reader.devices)
+    batteries = [slave for kind, slave in pairs if kind == "battery"]
+    reader = dataclasses.replace(
+        reader,
+        batteries=batteries or reader.batteries,
+        devices=[f"{kind}:{slave}" for kind, slave in pairs if kind != "battery"],
+    )
+    return reader, simulator
+
+
+def other_devices(entries: Collection[str]) -> list[tuple[str, int]]:
+    """The non-battery (kind, slave) pairs of an already checked reader.devices / simulator.devices."""
+    return [(kind, slave) for kind, slave in device_pairs("devices", entries) if kind != "battery"]
 
 
 def _url_credentials(mqtt: MqttConfig) -> MqttConfig:
@@ -899,6 +973,13 @@ def _cross_check(config: Config) -> None:
                 raise ConfigError(f"{key}: slave id {slave} outside {low}..{high}")
         if len(set(ids)) != len(ids):
             raise ConfigError(f"{key}: duplicate slave ids in {ids}")
+    for key, ids, entries in (
+        ("reader.devices", config.reader.batteries, config.reader.devices),
+        ("simulator.devices", config.simulator.batteries, config.simulator.devices),
+    ):
+        taken = sorted({slave for _, slave in other_devices(entries)} & set(ids))
+        if taken:
+            raise ConfigError(f"{key}: slave id {taken[0]} is also a battery's (one bus, one device per id)")
     for key, name in (
         ("reader.instance", config.reader.instance),
         ("aggregator.instance", config.aggregator.instance),
