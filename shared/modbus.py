@@ -1,10 +1,15 @@
-"""Modbus RTU for the BT-2 link: CRC, request/response frames and a fragment assembler (sans-IO).
+"""Modbus RTU for the BT-2 link: CRC, request/response frames and fragment assemblers (sans-IO).
 
 The BT-2 is a transparent BLE <-> RS485 bridge. Requests are 8-byte read-holding-registers frames;
 replies carry no register address, so a reply can only be matched to the one outstanding request by
 slave id, function and byte count. Notifications may split a reply anywhere (20-byte chunks at
 MTU 23) and a noisy link may add garbage, so :class:`ResponseAssembler` accepts bytes in any split
 and yields whole, CRC-checked frames or typed errors. It never raises on input.
+
+Controls use function 6 (write single register, :class:`WriteRequest`): the normal reply echoes the
+request (address and value), an exception reply is ``slave, 0x86, code``; :class:`WriteAssembler`
+matches it like :class:`ResponseAssembler` matches a read. Decoding a whole frame raises only
+:class:`ModbusDecodeError`.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeVar
 
 READ_HOLDING_REGISTERS: Final = 0x03
+WRITE_SINGLE_REGISTER: Final = 0x06
 EXCEPTION_FLAG: Final = 0x80
 BROADCAST_SLAVE: Final = 0xFF
 MAX_READ_WORDS: Final = 125
@@ -63,6 +69,10 @@ def crc_ok(frame: bytes | bytearray | memoryview) -> bool:
     return len(frame) >= 3 and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little")
 
 
+class ModbusDecodeError(ValueError):
+    """A whole frame that is not a valid request of the kind asked for (one line, for a log)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
     """A read-holding-registers request (function 3)."""
@@ -93,13 +103,61 @@ class ReadRequest:
     @classmethod
     def decode(cls, frame: bytes) -> ReadRequest:
         """Parse an 8-byte request frame (the simulator's side of the link)."""
-        if len(frame) != 8:
-            raise ValueError(f"request frame is {len(frame)} bytes, expected 8")
-        if not crc_ok(frame):
-            raise ValueError("request CRC mismatch")
-        if frame[1] != READ_HOLDING_REGISTERS:
-            raise ValueError(f"unsupported function 0x{frame[1]:02x}")
+        _check_request_frame(frame, READ_HOLDING_REGISTERS)
+        try:
+            return cls(frame[0], int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big"))
+        except ValueError as exc:  # a count of 0 or above 125
+            raise ModbusDecodeError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """A write-single-register request (function 6): ``value`` goes to ``register``."""
+
+    slave: int
+    register: int
+    value: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slave <= 0xFF:
+            raise ValueError(f"slave id {self.slave} outside 0..255")
+        if not 0 <= self.register <= 0xFFFF:
+            raise ValueError(f"register {self.register} outside 0..65535")
+        if not 0 <= self.value <= 0xFFFF:
+            raise ValueError(f"value {self.value} outside 0..65535")
+
+    def encode(self) -> bytes:
+        return with_crc(_write_body(self.slave, self.register, self.value))
+
+    @property
+    def response_length(self) -> int:
+        return _WRITE_ECHO_LEN
+
+    @classmethod
+    def decode(cls, frame: bytes) -> WriteRequest:
+        """Parse an 8-byte function-6 frame (the simulator's side of the link)."""
+        _check_request_frame(frame, WRITE_SINGLE_REGISTER)
         return cls(frame[0], int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big"))
+
+
+def _write_body(slave: int, register: int, value: int) -> bytes:
+    return bytes((slave, WRITE_SINGLE_REGISTER)) + register.to_bytes(2, "big") + value.to_bytes(2, "big")
+
+
+def _check_request_frame(frame: bytes, function: int) -> None:
+    if len(frame) != 8:
+        raise ModbusDecodeError(f"request frame is {len(frame)} bytes, expected 8")
+    if not crc_ok(frame):
+        raise ModbusDecodeError("request CRC mismatch")
+    if frame[1] != function:
+        raise ModbusDecodeError(f"unsupported function 0x{frame[1]:02x}")
+
+
+def decode_request(frame: bytes) -> ReadRequest | WriteRequest:
+    """A read (3) or write-single-register (6) request; ModbusDecodeError for anything else."""
+    if len(frame) >= 2 and frame[1] == WRITE_SINGLE_REGISTER:
+        return WriteRequest.decode(frame)
+    return ReadRequest.decode(frame)
 
 
 def encode_read_response(slave: int, registers: Sequence[int]) -> bytes:
@@ -112,12 +170,27 @@ def encode_exception_response(slave: int, function: int, code: int) -> bytes:
     return with_crc(bytes((slave, function | EXCEPTION_FLAG, code)))
 
 
+def encode_write_response(slave: int, register: int, value: int) -> bytes:
+    """The normal reply to a write-single-register request: the request echoed."""
+    return with_crc(_write_body(slave, register & 0xFFFF, value & 0xFFFF))
+
+
 @dataclass(frozen=True, slots=True)
 class ReadResponse:
     """A validated reply to a :class:`ReadRequest`."""
 
     slave: int
     registers: tuple[int, ...]
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResponse:
+    """A validated echo of a :class:`WriteRequest` (the device took the value)."""
+
+    slave: int
+    register: int
+    value: int
     frame: bytes
 
 
@@ -128,6 +201,7 @@ class FrameErrorKind(StrEnum):
     EXCEPTION = "modbus_exception"
     LENGTH_MISMATCH = "length_mismatch"
     GARBAGE = "garbage"
+    ECHO_MISMATCH = "echo_mismatch"  # a write reply naming another register or value
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,9 +413,16 @@ class ResponseAssembler:
         return FrameError(FrameErrorKind.GARBAGE, f"{len(data)} stray bytes ({why})", data)
 
 
-def _merge_garbage(events: list[AssemblerEvent]) -> list[AssemblerEvent]:
+def _stray(data: bytes, why: str) -> FrameError:
+    return FrameError(FrameErrorKind.GARBAGE, f"{len(data)} stray bytes ({why})", data)
+
+
+_Event = TypeVar("_Event", ReadResponse | FrameError, WriteResponse | FrameError)
+
+
+def _merge_garbage(events: list[_Event]) -> list[_Event]:
     """Report a run of stray bytes once, however many resync steps it took."""
-    merged: list[AssemblerEvent] = []
+    merged: list[_Event] = []
     for event in events:
         last = merged[-1] if merged else None
         if (
@@ -355,3 +436,127 @@ def _merge_garbage(events: list[AssemblerEvent]) -> list[AssemblerEvent]:
         else:
             merged.append(event)
     return merged
+
+
+WriteEvent = WriteResponse | FrameError
+
+
+class WriteAssembler:
+    """Reassembles the reply to one outstanding :class:`WriteRequest` from notification fragments.
+
+    Same contract as :class:`ResponseAssembler`: feed every notification, get the events it
+    completes, never an exception. The echo and the 0x86 exception are searched at every offset
+    (leading bytes become one GARBAGE event); a CRC-valid echo of another register or value is
+    ECHO_MISMATCH, and other complete CRC-valid frames at the head (a late read reply, another
+    slave's echo) become typed errors. ``expected.slave == 0xFF`` accepts any responder.
+    """
+
+    __slots__ = ("_buffer", "expected")
+
+    def __init__(self, expected: WriteRequest) -> None:
+        self.expected = expected
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received that do not form a complete frame yet (for truncation reports)."""
+        return bytes(self._buffer)
+
+    def feed(self, fragment: bytes | bytearray) -> list[WriteEvent]:
+        self._buffer += fragment
+        events: list[WriteEvent] = []
+        while self._buffer and self._take(events):
+            pass
+        if len(self._buffer) > MAX_BUFFER:
+            dropped = len(self._buffer) - MAX_BUFFER
+            events.append(_stray(bytes(self._buffer[:dropped]), "buffer overflow"))
+            del self._buffer[:dropped]
+        return _merge_garbage(events)
+
+    def _slave_matches(self, slave: int) -> bool:
+        return self.expected.slave in (BROADCAST_SLAVE, slave)
+
+    def _find(self, function: int, length: int) -> int | None:
+        buf = self._buffer
+        for i in range(len(buf) - length + 1):
+            if (
+                buf[i + 1] == function
+                and self._slave_matches(buf[i])
+                and crc_ok(memoryview(buf)[i : i + length])
+            ):
+                return i
+        return None
+
+    def _take(self, events: list[WriteEvent]) -> bool:
+        """Consume one frame or one run of garbage; False when more bytes are needed."""
+        buf = self._buffer
+        echo = self._find(WRITE_SINGLE_REGISTER, _WRITE_ECHO_LEN)
+        refusal = self._find(WRITE_SINGLE_REGISTER | EXCEPTION_FLAG, _EXCEPTION_FRAME_LEN)
+        found = [
+            (o, n) for o, n in ((echo, _WRITE_ECHO_LEN), (refusal, _EXCEPTION_FRAME_LEN)) if o is not None
+        ]
+        if found:
+            offset, length = min(found)
+            if offset:
+                events.append(_stray(bytes(buf[:offset]), "bytes before the reply"))
+            frame = bytes(buf[offset : offset + length])
+            del buf[: offset + length]
+            events.append(self._decode(frame))
+            return True
+        head = self._classify_head()
+        if head is None:
+            return False
+        if isinstance(head, int):
+            events.append(_stray(bytes(buf[:head]), "no frame starts here"))
+            del buf[:head]
+            return True
+        events.append(head[0])
+        del buf[: head[1]]
+        return True
+
+    def _decode(self, frame: bytes) -> WriteEvent:
+        if frame[1] & EXCEPTION_FLAG:
+            code = frame[2]
+            return FrameError(
+                FrameErrorKind.EXCEPTION,
+                f"slave {frame[0]} refused the write: exception {code:#04x} "
+                f"({EXCEPTION_NAMES.get(code, 'unknown')})",
+                frame,
+                exception_code=code,
+            )
+        register, value = int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big")
+        exp = self.expected
+        if (register, value) != (exp.register, exp.value):
+            return FrameError(
+                FrameErrorKind.ECHO_MISMATCH,
+                f"write reply names register {register:#06x} = {value}, "
+                f"expected {exp.register:#06x} = {exp.value}",
+                frame,
+            )
+        return WriteResponse(frame[0], register, value, frame)
+
+    def _classify_head(self) -> tuple[FrameError, int] | int | None:
+        """(error, length) for another complete CRC-valid frame at the head, a number of garbage
+        bytes to drop, or None when the head may still grow into a frame."""
+        buf = self._buffer
+        if len(buf) < 3:
+            return None
+        slave, function = buf[0], buf[1]
+        if function == READ_HOLDING_REGISTERS:
+            length = 5 + buf[2]
+        elif function & EXCEPTION_FLAG:
+            length = _EXCEPTION_FRAME_LEN
+        elif function in _WRITE_FUNCTIONS:
+            length = _WRITE_ECHO_LEN
+        else:
+            return 1
+        if len(buf) < length:
+            return None
+        frame = bytes(buf[:length])
+        if not crc_ok(frame):
+            return 1
+        if not self._slave_matches(slave):
+            return FrameError(FrameErrorKind.WRONG_SLAVE, f"reply from slave {slave}", frame), length
+        return FrameError(
+            FrameErrorKind.WRONG_FUNCTION, f"function {function:#04x} reply, expected 0x06", frame
+        ), length

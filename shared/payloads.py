@@ -18,8 +18,8 @@ import orjson
 from shared import registers
 from shared.topics import SCHEMA, valid_device_id
 
-Platform = Literal["sensor", "binary_sensor", "text_sensor"]
-PLATFORMS: Final[tuple[Platform, ...]] = ("sensor", "binary_sensor", "text_sensor")
+Platform = Literal["sensor", "binary_sensor", "text_sensor", "switch"]
+PLATFORMS: Final[tuple[Platform, ...]] = ("sensor", "binary_sensor", "text_sensor", "switch")
 # A state value: a number (sensor), true/false (binary_sensor), a short text (text_sensor), or unknown.
 StateValue = float | bool | str | None
 MAX_TEXT_VALUE: Final = 64

@@ -105,11 +105,37 @@ class Topics:
         """(bt2 id, kind, slave id) of a reading topic of any kind-like level (the caller refuses kinds it
         does not know); None for anything else. Slave ids are 1..255, 0..255 for kinds other than battery
         (a notify-only shunt has none)."""
+        return self._parse_device_topic(topic, "reading")
+
+    # Controls (opt-in): <root>/bt2/<bt2 id>/<kind>/<slave id>/set carries a command to the reader that
+    # owns the BT-2; .../result carries its outcome back (shared/controls.py has both payloads).
+    def device_command(self, bt2: str, kind: str, slave_id: int) -> str:
+        return f"{self.root}/bt2/{bt2}/{kind}/{slave_id}/set"
+
+    def command_filter(self, bt2: str = "+") -> str:
+        """Commands for one BT-2 (a reader subscribes to its own only), or for all with the default."""
+        return f"{self.root}/bt2/{bt2}/+/+/set"
+
+    def parse_device_command(self, topic: str) -> tuple[str, str, int] | None:
+        """(bt2 id, kind, slave id) of a command topic; None for anything else (same rules as readings)."""
+        return self._parse_device_topic(topic, "set")
+
+    def device_result(self, bt2: str, kind: str, slave_id: int) -> str:
+        return f"{self.root}/bt2/{bt2}/{kind}/{slave_id}/result"
+
+    @property
+    def result_filter(self) -> str:
+        return f"{self.root}/bt2/+/+/+/result"
+
+    def parse_device_result(self, topic: str) -> tuple[str, str, int] | None:
+        return self._parse_device_topic(topic, "result")
+
+    def _parse_device_topic(self, topic: str, leaf: str) -> tuple[str, str, int] | None:
         prefix = f"{self.root}/bt2/"
         if not topic.startswith(prefix):
             return None
         parts = topic[len(prefix) :].split("/")
-        if len(parts) != 4 or parts[3] != "reading" or not _KIND.match(parts[1]):
+        if len(parts) != 4 or parts[3] != leaf or not _KIND.match(parts[1]):
             return None
         # isascii first: str.isdigit() also accepts digits such as '²' that int() refuses.
         if (

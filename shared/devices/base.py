@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from shared.payloads import MAX_TEXT_VALUE, EntitySpec, Platform, StateValue
 from shared.registers import BlockError, Value
@@ -26,6 +26,7 @@ __all__ = [
     "BitTable",
     "Block",
     "BlockError",
+    "ControlDef",
     "DeviceFamily",
     "EntityDef",
     "RegField",
@@ -139,6 +140,51 @@ class EntityDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlDef:
+    """A register the user may write (opt-in ``controls``), shown as an ESPHome switch.
+
+    ``on``/``off`` are the raw values written to ``register`` with function 6; ``readback`` is the
+    decoded boolean field that reports the device's actual state. The switch state is that field,
+    read back after the write and on every poll, never the value requested.
+    """
+
+    key: str
+    name: str
+    register: int
+    readback: str
+    on: int = 1
+    off: int = 0
+    device_class: str | None = "switch"
+    icon: str | None = None
+    platform: Literal["switch"] = "switch"
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.register <= 0xFFFF and 0 <= self.on <= 0xFFFF and 0 <= self.off <= 0xFFFF):
+            raise ValueError(f"{self.key}: register and values must be 0..65535")
+        if self.on == self.off:
+            raise ValueError(f"{self.key}: on and off must differ")
+
+    def raw(self, state: bool) -> int:
+        return self.on if state else self.off
+
+    @property
+    def spec(self) -> EntitySpec:
+        return EntitySpec(
+            key=self.key,
+            name=self.name,
+            device_class=self.device_class,
+            icon=self.icon,
+            # cast: shared.payloads.Platform does not list "switch" yet (the gateway wiring adds it).
+            platform=cast(Platform, self.platform),
+        )
+
+    def compute(self, reading: Mapping[str, Value]) -> bool | None:
+        """The switch state from a decoded reading: the read-back field, None while unknown."""
+        value = reading.get(self.readback)
+        return value if isinstance(value, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceFamily:
     """Everything that is specific to one device kind. ``custom_decode`` replaces the table-driven
     decoder (batteries keep shared/registers.py; the shunt's notification is not Modbus)."""
@@ -157,16 +203,27 @@ class DeviceFamily:
     custom_decode: Decoder | None = None
     sources: tuple[str, ...] = ()
     notes: str = ""
+    controls: tuple[ControlDef, ...] = ()
     _by_name: dict[str, RegField] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name.update({f.name: f for f in self.fields})
-        names = [e.key for e in self.entities]
+        # Controls share the device's entity key space (one ESPHome object id each).
+        names = [e.key for e in self.entities] + [c.key for c in self.controls]
         if len(names) != len(set(names)):
             raise ValueError(f"{self.kind}: duplicate entity keys")
+        for control in self.controls:
+            readback = self._by_name.get(control.readback)
+            if readback is None or not readback.flag:
+                raise ValueError(
+                    f"{self.kind}: control {control.key} reads back {control.readback!r}, not a flag"
+                )
 
     def get_field(self, name: str) -> RegField | None:
         return self._by_name.get(name)
+
+    def get_control(self, key: str) -> ControlDef | None:
+        return next((c for c in self.controls if c.key == key), None)
 
 
 def read_plan(family: DeviceFamily, info_due: bool) -> tuple[Block, ...]:

@@ -16,6 +16,11 @@ Register map (facts only, no code copied):
 - 0x0121 (high word of the 0x0121-0x0122 fault word) bits 0-14 = fault bits B16-B30, names as in
   the Rover Modbus fault list reproduced by public Rover readers (e.g. raupulus, wrybread); 0x0121 is
   the last register of the 0x0100 x 34 block, so faults come with every cycle.
+- Load switch (opt-in controls): function 6 to 0x010A, 1 = on, 0 = off: cyrils/renogy-bt
+  ``renogybt/RoverClient.py`` (``set_load_params = {'function': 6, 'register': 266}``, ``set_load``)
+  and renogy-ble ``src/renogy_ble/settings.py`` (boolean ``load_enabled`` at 0x010A). The state is
+  read back from 0x0120 bit 15 (high byte bit 7): RoverClient ``load_status = byte 67 >> 7``, byte 67
+  of the 0x0100 x 34 reply being the high byte of 0x0120. 0x010A itself is write-only (no field).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Final
 from .base import (
     BitTable,
     Block,
+    ControlDef,
     DeviceFamily,
     EntityDef,
     RegField,
@@ -206,6 +212,12 @@ ENTITIES: Final = (
     EntityDef("model", "Model", "model", platform="text_sensor", extended=True, category="diagnostic"),
 )
 
+LOAD_REGISTER: Final = 0x010A
+# Its own key: the extended profile's "load" binary sensor shows the same bit without controls.
+LOAD_SWITCH: Final = ControlDef(
+    "load_switch", "Load switch", LOAD_REGISTER, readback="load_on", device_class="outlet"
+)
+
 CONTROLLER: Final = DeviceFamily(
     kind="controller",
     title="Charge controller",
@@ -216,9 +228,11 @@ CONTROLLER: Final = DeviceFamily(
     status_bits=_TABLES,
     entities=ENTITIES,
     default_slave=0xFF,
+    controls=(LOAD_SWITCH,),
     sources=(
         "cyrils/renogy-bt renogybt/RoverClient.py",
-        "IAmTheMitchell/renogy-ble src/renogy_ble/register_map.py, tests/test_parser.py",
+        "IAmTheMitchell/renogy-ble src/renogy_ble/register_map.py, tests/test_parser.py, "
+        "src/renogy_ble/settings.py",
         "wrybread/ESP32ArduinoRenogy renogy_rs232.ino",
     ),
 )

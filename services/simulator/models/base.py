@@ -5,13 +5,23 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from services.simulator.physics import DAY, HOUR, SmoothNoise, ocv
 from shared.devices.base import DeviceFamily, encode, mapped_registers
 from shared.registers import Value
 
+EXC_ILLEGAL_FUNCTION = 0x01
 EXC_ILLEGAL_ADDRESS = 0x02
+EXC_ILLEGAL_VALUE = 0x03
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRefused:
+    """A write answered with Modbus exception ``code`` (01, 02, 03)."""
+
+    code: int
 
 
 class DeviceModel(Protocol):

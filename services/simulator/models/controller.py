@@ -1,13 +1,17 @@
-"""A solar charge controller: PV follows the day curve, charges the bank, the load port draws it."""
+"""A solar charge controller: PV follows the day curve, charges the bank, the load port draws it.
+
+The load port can be switched like a real Rover's: function 6 to 0x010A (1 = on, 0 = off); 0x0120
+bit 15 then reports it, and the load draws the bank only while it is on.
+"""
 
 from __future__ import annotations
 
 import random
 
-from shared.devices.controller import CONTROLLER
+from shared.devices.controller import CONTROLLER, LOAD_SWITCH
 from shared.registers import Value
 
-from .base import Counters, DayCurve, SimBank, clamp
+from .base import EXC_ILLEGAL_ADDRESS, EXC_ILLEGAL_VALUE, Counters, DayCurve, SimBank, WriteRefused, clamp
 
 STEP = 5.0  # s of simulated time per integration step
 
@@ -33,6 +37,22 @@ class ControllerModel:
         self._t = start
         self._counters = Counters()
         self._pv_w = 0.0
+        self.load_enabled = True  # the load port's switch (0x010A); a Rover ships with it on
+
+    @property
+    def _load_on(self) -> bool:
+        # Low-voltage disconnect: the controller drops the load of an empty bank whatever the switch.
+        return self.load_enabled and self.bank.soc > 0.05
+
+    def write_register(self, register: int, value: int, t: float) -> int | WriteRefused:
+        """Function 6 at ``t``: the value written (the echo), or the exception a Rover answers."""
+        if register != LOAD_SWITCH.register:
+            return WriteRefused(EXC_ILLEGAL_ADDRESS)
+        if value not in (LOAD_SWITCH.on, LOAD_SWITCH.off):
+            return WriteRefused(EXC_ILLEGAL_VALUE)
+        self._advance(t)  # the load drew the bank up to now with the old setting
+        self.load_enabled = value == LOAD_SWITCH.on
+        return value
 
     def _advance(self, t: float) -> None:
         while self._t + STEP <= t:
@@ -41,7 +61,7 @@ class ControllerModel:
             full = self.bank.soc >= 0.995
             self._pv_w = 0.0 if full else self.pv_peak_w * self._sun(self._t)
             charge_a = 0.97 * self._pv_w / volts
-            load_a = self.load_w / volts if self.bank.soc > 0.05 else 0.0
+            load_a = self.load_w / volts if self._load_on else 0.0
             self.bank.step(charge_a - load_a, STEP)
             self._counters.add(self._t, charge_a, self._pv_w, STEP)
 
@@ -49,7 +69,7 @@ class ControllerModel:
         self._advance(t)
         volts = self.bank.voltage
         pv_v = max(18.0, volts + 4.0) if self._pv_w else 0.0  # an MPPT works a few volts above the bank
-        load_on = self.bank.soc > 0.05
+        load_on = self._load_on
         c = self._counters
         return clamp(
             {
