@@ -135,6 +135,9 @@ MAPPED_REGISTERS: Final[frozenset[int]] = frozenset(
     address for f in REGISTER_MAP for address in range(f.address, f.end)
 )
 
+# "Reserve" words between mapped fields; 5034 gave no answer in a register scan of a real pack.
+RESERVED_REGISTERS: Final[frozenset[int]] = frozenset({5034})
+
 # Blocks the reader requests: (start, words).
 BLOCK_STATUS: Final = (5042, 7)  # current, voltage, remaining, capacity, cycle count
 BLOCK_CELLS: Final = (5000, 34)  # cell count + 16 cells, temperature count + 16 temperatures
@@ -143,6 +146,11 @@ BLOCK_INFO: Final = (5104, 28)  # alarms, status words, serial, versions, model,
 # aiobmsble use; 5104 x 28 starts just after them.
 BLOCK_CELL_ALARMS: Final = (5100, 4)
 BLOCKS_INFO: Final = (BLOCK_CELL_ALARMS, BLOCK_INFO)  # read at start and every reader.info_interval
+# Cells and status in one read (5000-5048): 1 exchange, not 2. It spans the reserved 5034, which a
+# pack may refuse (exception 02, or silence), and 49 words, which one may find too long (03): the
+# reader then falls back to MERGED_PARTS for that pack.
+BLOCK_MERGED: Final = (BLOCK_CELLS[0], BLOCK_STATUS[0] + BLOCK_STATUS[1] - BLOCK_CELLS[0])
+MERGED_PARTS: Final = (BLOCK_CELLS, BLOCK_STATUS)
 
 # Physical ranges; a decoded value outside them is never published.
 CELL_VOLTAGE_RANGE: Final = (2.0, 4.5)
@@ -188,9 +196,19 @@ class BlockError(ValueError):
     """A block that cannot be decoded or holds physically impossible values."""
 
 
-def block_is_mapped(start: int, words: int) -> bool:
-    """A real battery answers exception 02 when a read touches an unmapped register."""
-    return all(address in MAPPED_REGISTERS for address in range(start, start + words))
+def block_is_mapped(start: int, words: int, *, reserved_ok: bool = False) -> bool:
+    """A real battery answers exception 02 when a read touches an unmapped register; ``reserved_ok``: a
+    pack that answers the reserved words inside the map (RESERVED_REGISTERS) too."""
+    allowed = MAPPED_REGISTERS | RESERVED_REGISTERS if reserved_ok else MAPPED_REGISTERS
+    return all(address in allowed for address in range(start, start + words))
+
+
+def block_slice(start: int, registers: Sequence[int], part_start: int, part_words: int) -> list[int]:
+    """The words of block ``part_start`` x ``part_words`` inside a read of ``registers`` at ``start``."""
+    offset = part_start - start
+    if offset < 0 or offset + part_words > len(registers):
+        raise ValueError(f"{part_start}x{part_words} is not inside {start}x{len(registers)}")
+    return list(registers[offset : offset + part_words])
 
 
 def fields_in_block(start: int, words: int) -> list[Field]:

@@ -37,12 +37,12 @@ def diagnose(exc: BaseException, adapter: str) -> Diagnosis:
     if isinstance(exc, BleakDBusError):
         name = exc.dbus_error
         if name == "org.freedesktop.DBus.Error.ServiceUnknown":
+            # Not fatal: bleak finds bluetoothd again once it is back on the bus (a restart, an upgrade).
             return Diagnosis(
                 "adapter_error",
                 f"BlueZ is not on the system bus ({exc.dbus_error_details or name}): start it with "
-                "'systemctl start bluetooth'; if bluetoothd was restarted under us, this process restarts "
-                "to rebind",
-                fatal=True,
+                "'systemctl start bluetooth'; retrying with back-off "
+                "(docs/troubleshooting.md#bluez-is-not-on-the-system-bus)",
             )
         if name == "org.freedesktop.DBus.Error.AccessDenied":
             return Diagnosis(

@@ -4,8 +4,9 @@ Replies carry no register address, so exactly one request is outstanding at a ti
 matched by slave id, function and byte count. A late reply must never be taken for the answer to
 the next request, so after a failure the session is cleaned before it is used again:
 
-- the BT-2 answered, but wrongly (bad CRC, exception, wrong slave...): it is done with that request;
-  every notification is discarded until the link has been quiet for a while (flush);
+- the BT-2 answered, but wrongly (bad CRC, wrong slave...): it is done with that request; every
+  notification is discarded until the link has been quiet for a while (flush). A Modbus exception
+  from the addressed slave is a complete answer and needs no flush;
 - nothing, or only part of a reply, arrived in time: a reply may still be on its way, so the
   connection is dropped and made anew (``LinkError.reconnect``), which discards it for certain.
 """
@@ -196,7 +197,8 @@ class Bt2Link:
             except TimeoutError:
                 raise self._timeout_error(request) from None
         except LinkError as exc:
-            self._dirty = True
+            # An exception reply is the whole answer (right slave, valid CRC): nothing more is coming.
+            self._dirty = exc.kind != FrameErrorKind.EXCEPTION.value
             self._finish_exchange(error=exc.kind)
             raise
         except Exception as exc:

@@ -79,6 +79,19 @@ class BatteryCycle:
             self.ts = received_at
             self.mono = time.monotonic() if received_mono is None else received_mono
 
+    def add_merged(
+        self, start: int, parts: dict[int, dict[str, Value]], frame: bytes, received_at: float
+    ) -> None:
+        """One read that holds several blocks (decoded ``parts`` by block start): their fields, one frame."""
+        for part_start, decoded in parts.items():
+            for name in PUBLISHED_FIELDS.get(part_start, ()):
+                if name in decoded:
+                    self.values[name] = decoded[name]
+        self.raw[str(start)] = frame.hex()
+        if 5042 in parts or self.ts is None:
+            self.ts = received_at
+            self.mono = time.monotonic()
+
     def fail_block(self, start: int) -> None:
         self.failed.append(start)
 

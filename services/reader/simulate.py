@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from services.reader.backends import Backends
 from services.simulator import BankSimulator, SimBT2Client, SimConfig, SimScanner, register_simulator
 from services.simulator.devices import SimPeripheralClient
 from shared.config import Config
-
-if TYPE_CHECKING:
-    from services.reader.service import Backends
 
 # A locally administered address for the simulated adapter, so Home Assistant sees a distinct scanner.
 SIM_ADAPTER_ADDRESS = "02:52:4E:47:59:01"
@@ -37,8 +33,6 @@ def simulator_for_config(config: Config) -> BankSimulator:
 
 def simulator_backends(config: Config) -> Backends:
     """Backends for a reader running on the simulator (registered so the backend can find it)."""
-    from services.reader.service import Backends  # noqa: PLC0415 - avoids an import cycle
-
     sim = simulator_for_config(config)
     register_simulator(sim)
     return Backends(SimBT2Client, SimScanner, SIM_ADAPTER_ADDRESS, sim, proxy_client=SimPeripheralClient)

@@ -278,7 +278,9 @@ class BankSimulator:
             request = ReadRequest.decode(frame)
         except ValueError:
             return self._exception(slave, function, EXC_ILLEGAL_VALUE, frame, sim_time)
-        if not block_is_mapped(request.start, request.count):
+        if request.count > self.config.read_limit(slave):
+            return self._exception(slave, function, EXC_ILLEGAL_VALUE, frame, sim_time)
+        if not block_is_mapped(request.start, request.count, reserved_ok=self.config.read_reserved):
             return self._exception(slave, function, EXC_ILLEGAL_ADDRESS, frame, sim_time)
         registers = self._registers(slave, request.start, request.count, sim_time)
         reply = encode_read_response(slave, registers)

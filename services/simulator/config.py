@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.modbus import MAX_READ_WORDS
 from shared.timing import DEFAULT_TIMING, TimingModel
 
 from .faults import ALL_FAULT_KINDS, FaultKind
@@ -38,6 +39,13 @@ class SimConfig:
     physics_step: float = 5.0
     max_truth_records: int = 10_000
     other_devices: bool = True
+    # The longest read a pack answers; a longer one gets exception 03 (default: the Modbus limit).
+    max_read_words: int = 125
+    # Whether a read may span the reserved register 5034 (it reads 0). A real pack gave no answer
+    # there, so by default such a read gets exception 02, like any unmapped register.
+    read_reserved: bool = False
+    # Per-pack exceptions to max_read_words, (slave, words) pairs: a bank of mixed models.
+    read_limits: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.batteries:
@@ -53,6 +61,9 @@ class SimConfig:
             raise ValueError("speed, latency_scale and late_delay must be >= 0")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError(f"fault_rate {self.fault_rate} outside 0..1")
+        for words in (self.max_read_words, *(limit for _, limit in self.read_limits)):
+            if not 1 <= words <= MAX_READ_WORDS:
+                raise ValueError(f"maximum read length {words} outside 1..{MAX_READ_WORDS}")
         if self.physics_step <= 0 or self.advert_interval <= 0:
             raise ValueError("physics_step and advert_interval must be > 0")
         parts = self.address.split(":")
@@ -61,6 +72,10 @@ class SimConfig:
         int(self.address.replace(":", ""), 16)
         object.__setattr__(self, "address", self.address.upper())
         object.__setattr__(self, "fault_kinds", frozenset(FaultKind(k) for k in self.fault_kinds))
+
+    def read_limit(self, slave: int) -> int:
+        """The longest read pack ``slave`` answers."""
+        return dict(self.read_limits).get(slave, self.max_read_words)
 
     @property
     def local_name(self) -> str:

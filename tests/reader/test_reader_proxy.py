@@ -58,7 +58,9 @@ async def test_capture_file_records_every_exchange(mosquitto, tmp_path) -> None:
     async with reader_on_sim(mosquitto.url, capture_file=capture) as (reader, _sim, _probe):
         await reader.cycle()
     lines = [orjson.loads(line) for line in capture.read_text().splitlines()]
-    assert len(lines) == 16  # 4 batteries x 4 blocks (5042, 5000, and the info blocks 5100, 5104)
-    first = lines[0]
+    # 4 batteries x (the merged 5000x49 the default simulator refuses, then 5042, 5000, 5100, 5104)
+    assert len(lines) == 20
+    assert lines[0]["words"] == 49 and lines[0]["result"] == "modbus_exception"
+    first = lines[1]
     assert first["request"] == "300313b20007a48a" and first["result"] == "ok"
     assert first["notifications"] and first["elapsed"] >= first["notifications"][-1][0]

@@ -1,0 +1,533 @@
+"""The transport-free poll loop: link, BT-2 discovery, schedule, retries, back-off and watchdog.
+
+It knows nothing of MQTT: every battery reading, battery back-off and watchdog step comes out as an
+event through ``on_event``; the service (service.py) publishes them. Tests drive it on the simulator
+with no broker at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bleak.backends.device import BLEDevice
+
+from services.reader import adapter as adapter_ops
+from services.reader.backends import Backends
+from services.reader.bluez_errors import diagnose
+from services.reader.link import Bt2Link, Exchange, LinkError
+from services.reader.readings import BatteryCycle, Identity
+from services.reader.recovery import Action, Backoff, Watchdog
+from services.reader.scanner import Scanner
+from services.reader.stats import ReaderStats
+from shared import registers
+from shared.config import ReaderConfig
+from shared.modbus import FrameErrorKind, ReadRequest, ReadResponse
+from shared.service import RepeatFilter
+from shared.topics import bt2_id
+
+_LOGGER = logging.getLogger("services.reader.service")  # the log lines keep the name they always had
+
+EXIT_OK = 0
+EXIT_WATCHDOG = 3
+EXIT_ADAPTER = 4
+MAX_ADAPTER_ERRORS = 5
+MAX_PROBE_SPACING = 32
+BLOCKS_EVERY_CYCLE = (registers.BLOCK_STATUS, registers.BLOCK_CELLS)
+# Answers to the merged read that mean "this pack cannot": it refused the length, or stayed silent.
+MERGED_REFUSED = frozenset({FrameErrorKind.EXCEPTION.value, "timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingEvent:
+    """A battery answered this cycle (at least one good block)."""
+
+    reading: BatteryCycle
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryBackedOff:
+    """A battery that did not answer is now probed only every ``every`` cycles."""
+
+    slave: int
+    failed_cycles: int
+    every: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogEvent:
+    """The watchdog escalated after ``bad_cycles`` cycles without a good reading."""
+
+    action: Action
+    bad_cycles: int
+
+
+@dataclass(frozen=True, slots=True)
+class CycleDone:
+    """One cycle ended: how many batteries answered, and how many were asked."""
+
+    good: int
+    attempted: int
+    seconds: float
+
+
+PollerEvent = ReadingEvent | BatteryBackedOff | WatchdogEvent | CycleDone
+BlockResult = tuple[ReadResponse, dict[str, registers.Value], float]
+
+
+@dataclass(slots=True)
+class _MergedRead:
+    """What became of one merged read: its frame, and each part's values or why they were refused."""
+
+    response: ReadResponse
+    received_at: float
+    parts: dict[int, dict[str, registers.Value]] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+class Poller:
+    """State and loop of the BLE side of one reader: one BT-2 link, every battery each cycle."""
+
+    def __init__(
+        self,
+        cfg: ReaderConfig,
+        backends: Backends,
+        scanner: Scanner,
+        stop_event: asyncio.Event,
+        *,
+        on_event: Callable[[PollerEvent], None] | None = None,
+        request_stop: Callable[[], None] | None = None,
+        before_connect: Callable[[], Awaitable[None]] | None = None,
+        on_exchange: Callable[[Exchange], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.backends = backends
+        self.scanner = scanner
+        self.stop_event = stop_event
+        self.on_event = on_event
+        self._request_stop = request_stop or stop_event.set
+        self._before_connect = before_connect
+        self.on_exchange = on_exchange
+        self.stats = ReaderStats()
+        self.watchdog = Watchdog(cfg.watchdog_cycles, cfg.adapter_reset and backends.client is None)
+        self.backoff = Backoff(initial=1.0, maximum=max(5.0, min(60.0, cfg.poll_interval or 5.0)))
+        self.identities: dict[int, Identity] = {}
+        self.info_due: dict[int, float] = {}
+        # Batteries whose pack refused the merged read (or never answered it): read in blocks.
+        self.split: set[int] = set()
+        self._failed_cycles: dict[int, int] = {}
+        self._skip_until: dict[int, int] = {}
+        # Set when a read ended because the BT-2 link could not be made, not because the battery was silent.
+        self._link_unavailable = False
+        self.last_cycle_attempted = False
+        self.link: Bt2Link | None = None
+        self.bt2: str | None = None
+        self.bt2_name: str | None = None
+        self.family = registers.Family.BT2
+        self.rssi: int | None = None
+        self.adapter_errors = 0
+        # The last adapter-level failure of a connect (no D-Bus socket, adapter missing); None once it works.
+        self.adapter_problem: str | None = None
+        self.exit_code = EXIT_OK
+        self._log = RepeatFilter(_LOGGER)
+        self._cycle_floor = 0.0
+        self._floor_known = True
+
+    def _emit(self, event: PollerEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def read_plan(self) -> dict[str, str]:
+        """How each battery is read: "merged" (one 5000 x 49 read) or "split" (5042 x 7 + 5000 x 34)."""
+        return {str(slave): "split" if slave in self.split else "merged" for slave in self.cfg.batteries}
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    async def run(self, cycle: Callable[[], Awaitable[int]] | None = None) -> None:
+        """Cycle until stopped (or the watchdog gives up); ``cycle`` wraps :meth:`cycle` (air time, health)."""
+        cycle = cycle or self.cycle
+        loop = asyncio.get_running_loop()
+        next_start = loop.time()
+        while not self.stop_event.is_set():
+            good = await cycle()
+            # A cycle in which every battery was skipped (backed off) says nothing about the link.
+            action = self.watchdog.cycle_done(good) if self.last_cycle_attempted else Action.NONE
+            if action is not Action.NONE and not await self.escalate(action):
+                return
+            if not self.cfg.keep_connected and self.link is not None:
+                await self.link.disconnect()
+            next_start = (
+                max(next_start + self.cfg.poll_interval, loop.time())
+                if self.cfg.poll_interval
+                else loop.time()
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), max(0.0, next_start - loop.time()))
+
+    async def escalate(self, action: Action) -> bool:
+        """Apply a watchdog action; False when the process should exit."""
+        bad = self.watchdog.bad_cycles
+        self._emit(WatchdogEvent(action, bad))
+        if action is Action.RECONNECT:
+            _LOGGER.warning("no good reading for %d cycles; reconnecting to the BT-2", bad)
+            if self.link is not None:
+                await self.link.disconnect()
+        elif action is Action.RESET_ADAPTER:
+            _LOGGER.warning("no good reading for %d cycles; power-cycling adapter %s", bad, self.cfg.adapter)
+            if self.link is not None:
+                await self.link.disconnect()
+            await adapter_ops.power_cycle(self.cfg.adapter)
+            await self.scanner.restart()
+        elif action is Action.EXIT:
+            _LOGGER.error(
+                "no good reading for %d cycles despite reconnecting and resetting the adapter; "
+                "exiting so the supervisor restarts the reader",
+                bad,
+            )
+            self.exit_code = EXIT_WATCHDOG
+            return False
+        return True
+
+    # --- one cycle ---------------------------------------------------------------------------------
+
+    async def cycle(self) -> int:
+        """Read every battery once; returns the number of batteries with at least one good block."""
+        started = time.monotonic()
+        self._cycle_floor, self._floor_known = 0.0, True
+        good = attempted = 0
+        linked = await self.ensure_link()
+        if linked:
+            for slave in self.cfg.batteries:
+                if self.stop_event.is_set():
+                    break
+                if self.stats.cycles < self._skip_until.get(slave, 0):
+                    continue
+                attempted += 1
+                self._link_unavailable = False
+                reading = await self.read_battery(slave)
+                if reading.any_good:
+                    good += 1
+                    self._failed_cycles.pop(slave, None)
+                    self._emit(ReadingEvent(reading))
+                elif not self._link_unavailable:
+                    # Only a battery that was asked and did not answer; a link that could not be made says
+                    # nothing about it (backing it off then delayed recovery by a cycle).
+                    self._back_off_battery(slave)
+        self.last_cycle_attempted = bool(attempted) or not linked
+        self.stats.cycles += 1
+        self.stats.last_cycle_s = time.monotonic() - started
+        self.stats.last_cycle_floor_s = self._cycle_floor if self._floor_known and self._cycle_floor else None
+        self._emit(CycleDone(good, attempted, self.stats.last_cycle_s))
+        return good
+
+    def _back_off_battery(self, slave: int) -> None:
+        """Probe a battery that stopped answering less and less often (1, 2, 4 ... 32 cycles apart)."""
+        failed = self._failed_cycles[slave] = self._failed_cycles.get(slave, 0) + 1
+        skip = min(2 ** (failed - 1), MAX_PROBE_SPACING) - 1
+        self._skip_until[slave] = self.stats.cycles + 1 + skip
+        if skip:
+            self._emit(BatteryBackedOff(slave, failed, skip + 1))
+        if skip and (failed == 2 or skip == MAX_PROBE_SPACING - 1):
+            _LOGGER.warning(
+                "battery %d has not answered for %d cycles; probing it every %d cycles (is slave id %d on this "
+                "BT-2's bus? setting reader.batteries)",
+                slave,
+                failed,
+                skip + 1,
+                slave,
+            )
+
+    def _info_due(self, slave: int) -> bool:
+        return time.monotonic() >= self.info_due.get(slave, 0.0)
+
+    async def read_battery(self, slave: int) -> BatteryCycle:
+        assert self.bt2 is not None
+        reading = BatteryCycle(self.bt2, slave)
+        blocks = list(BLOCKS_EVERY_CYCLE)
+        if slave not in self.split:
+            merged = await self._read_merged(slave)
+            if merged is not None:
+                if merged.parts:
+                    start = registers.BLOCK_MERGED[0]
+                    reading.add_merged(start, merged.parts, merged.response.frame, merged.received_at)
+                for start in merged.refused:
+                    reading.fail_block(start)
+                if registers.BLOCK_STATUS[0] not in merged.parts:
+                    return reading  # as in blocks: a pack without good status values spends no more time
+                blocks = []
+            elif self._link_unavailable:
+                return reading
+        if self._info_due(slave):
+            blocks.extend(registers.BLOCKS_INFO)
+        for start, words in blocks:
+            result = await self.read_block(slave, start, words)
+            if result is None:
+                reading.fail_block(start)
+                if start == registers.BLOCK_STATUS[0]:
+                    break  # silent or unreachable: do not spend the cycle's timeouts on its other blocks
+                continue
+            response, values, received_at = result
+            reading.add_block(start, values, response.frame, received_at)
+            if start == registers.BLOCK_INFO[0]:
+                self.identities.setdefault(slave, Identity()).update(values)
+                self.info_due[slave] = time.monotonic() + self.cfg.info_interval
+        return reading
+
+    async def _read_merged(self, slave: int) -> _MergedRead | None:
+        """One read of 5000 x 49 for the cells and status blocks; None: read them in blocks instead.
+
+        A pack that answers it with a Modbus exception, or not at all, is read in blocks from then on.
+        Each part is decoded and screened on its own, exactly as its own block would be, so a merged
+        read can never publish a value the split reads would not.
+        """
+        start, words = registers.BLOCK_MERGED
+        attempts = 1 + self.cfg.retries
+        last: _MergedRead | None = None
+        for attempt in range(1, attempts + 1):
+            if (self.link is None or not self.link.connected) and not await self.ensure_link():
+                self._link_unavailable = True
+                return last
+            assert self.link is not None
+            try:
+                response = await self.link.request(ReadRequest(slave, start, words))
+            except LinkError as exc:
+                if exc.reconnect:
+                    await self.link.disconnect()
+                if exc.kind in MERGED_REFUSED:
+                    self.split.add(slave)
+                    _LOGGER.info(
+                        "battery %d: merged read %dx%d not answered (%s: %s); reading it in blocks from now on",
+                        slave,
+                        start,
+                        words,
+                        exc.kind,
+                        exc,
+                    )
+                    return None
+                # Not the pack's answer (the link garbled it): the blocks this cycle, merged again the next.
+                self.stats.request_failed(slave, exc.kind)
+                self._log.failure(
+                    f"{slave}",
+                    "battery %s: read %sx%s failed (%s: %s); reading its blocks this cycle",
+                    slave,
+                    start,
+                    words,
+                    exc.kind,
+                    exc,
+                )
+                return None
+            last = self._decode_merged(slave, response, time.time())
+            self.stats.request_ok(slave, last.received_at)
+            self._add_floor(words)
+            if not last.refused:
+                self._log.success(f"{slave}")
+                return last
+            self._request_failed(
+                slave,
+                "implausible",
+                f"battery {slave}: read {start}x{words} decoded to an implausible value "
+                f"({'; '.join(last.refused.values())}); not published",
+                attempt,
+                attempts,
+            )
+        return last
+
+    def _decode_merged(self, slave: int, response: ReadResponse, received_at: float) -> _MergedRead:
+        out = _MergedRead(response, received_at)
+        start = registers.BLOCK_MERGED[0]
+        for part_start, part_words in registers.MERGED_PARTS:
+            part = registers.block_slice(start, response.registers, part_start, part_words)
+            try:
+                values, dropped = registers.decode_screened(part_start, part, family=self._family())
+            except registers.BlockError as exc:
+                out.refused[part_start] = f"{part_start}x{part_words}: {exc}"
+                continue
+            out.parts[part_start] = values
+            self._log_dropped(slave, part_start, part_words, dropped)
+        return out
+
+    async def read_block(self, slave: int, start: int, words: int) -> BlockResult | None:
+        request = ReadRequest(slave, start, words)
+        attempts = 1 + self.cfg.retries
+        for attempt in range(1, attempts + 1):
+            if (self.link is None or not self.link.connected) and not await self.ensure_link():
+                self._link_unavailable = True
+                return None
+            assert self.link is not None
+            try:
+                response = await self.link.request(request)
+                received_at = time.time()
+                values, dropped = registers.decode_screened(start, response.registers, family=self._family())
+            except LinkError as exc:
+                action = "; reconnecting" if exc.reconnect else ""
+                self._request_failed(
+                    slave,
+                    exc.kind,
+                    f"battery {slave}: read {start}x{words} failed ({exc.kind}: {exc}){action}",
+                    attempt,
+                    attempts,
+                )
+                if exc.reconnect:
+                    await self.link.disconnect()
+                continue
+            except registers.BlockError as exc:
+                self._request_failed(
+                    slave,
+                    "implausible",
+                    f"battery {slave}: read {start}x{words} decoded to an "
+                    f"implausible value ({exc}); not published",
+                    attempt,
+                    attempts,
+                )
+                continue
+            self.stats.request_ok(slave, received_at)
+            self._log.success(f"{slave}")
+            self._log_dropped(slave, start, words, dropped)
+            self._add_floor(words)
+            return response, values, received_at
+        return None
+
+    def _log_dropped(self, slave: int, start: int, words: int, dropped: list[str]) -> None:
+        """One sensor outside its range is published as null, the rest of the block as read (once per streak)."""
+        key = f"{slave}:sensors:{start}"
+        if not dropped:
+            self._log.success(key)
+            return
+        self._log.failure(
+            key,
+            "battery %s: read %sx%s: %s; published as null, the other values as read",
+            slave,
+            start,
+            words,
+            "; ".join(dropped),
+        )
+
+    def _request_failed(self, slave: int, kind: str, message: str, attempt: int, attempts: int) -> None:
+        self.stats.request_failed(slave, kind)
+        suffix = (
+            f"; retrying ({attempt + 1} of {attempts})" if attempt < attempts else "; giving up this cycle"
+        )
+        self._log.failure(f"{slave}", "%s%s", message, suffix)
+
+    def _add_floor(self, words: int) -> None:
+        floor = self.link.read_floor(words) if self.link is not None else None
+        if floor is None:
+            self._floor_known = False
+        else:
+            self._cycle_floor += floor
+
+    def _family(self) -> registers.Family:
+        scale = self.cfg.current_scale
+        if scale == "0.01":  # an RNGPRO pack is 0.01 A too, and keeps its family's alarm rule
+            return registers.Family.RNGPRO if self.family is registers.Family.RNGPRO else registers.Family.BT2
+        if scale == "0.1":
+            return registers.Family.PRO
+        return self.family
+
+    # --- connection --------------------------------------------------------------------------------
+
+    async def ensure_link(self) -> bool:
+        if self.link is not None and self.link.connected:
+            return True
+        delay = self.backoff.next_delay()
+        if delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), delay)
+            if self.stop_event.is_set():
+                return False
+        try:
+            device = await self._find_device()
+            if device is None:
+                return False
+            if self.link is not None:
+                await self.link.disconnect()
+            if self._before_connect is not None:
+                await self._before_connect()  # a pending proxied connect must not hold up the BT-2's
+            self.link = Bt2Link(
+                device,
+                backend=self.backends.client,
+                connect_timeout=self.cfg.connect_timeout,
+                request_timeout=self.cfg.request_timeout,
+                on_exchange=self.on_exchange,
+            )
+            await self.link.connect()
+        except LinkError as exc:
+            self.stats.request_failed(None, exc.kind)
+            self._log.failure(
+                "connect",
+                "cannot connect to the BT-2: %s (next attempt in %.0f s at most)",
+                exc,
+                self.backoff.maximum,
+            )
+            return False
+        except Exception as exc:
+            self._connect_raised(exc)
+            return False
+        self.adapter_errors = 0
+        self.adapter_problem = None
+        self.backoff.reset()
+        self._log.success("connect")
+        return True
+
+    def _connect_raised(self, exc: Exception) -> None:
+        diagnosis = diagnose(exc, self.cfg.adapter)
+        self.stats.request_failed(None, diagnosis.kind)
+        if diagnosis.kind != "adapter_error":
+            self._log.failure("connect", "cannot connect to the BT-2: %s", diagnosis.message)
+            return
+        self.adapter_errors += 1
+        self.adapter_problem = diagnosis.message
+        _LOGGER.error("Bluetooth adapter problem: %s", diagnosis.message)
+        if diagnosis.fatal or self.adapter_errors >= MAX_ADAPTER_ERRORS:
+            _LOGGER.error("exiting so the supervisor restarts the reader with a fresh D-Bus connection")
+            self.exit_code = EXIT_ADAPTER
+            self._request_stop()
+
+    async def _find_device(self) -> BLEDevice | str | None:
+        cfg = self.cfg
+        problem = self.scanner.problem
+        if not cfg.bt2_address and self.scanner.state == "failed" and problem is not None:
+            # Waiting for an advertisement would only end in blaming the BT-2 for what the adapter did.
+            self.stats.request_failed(None, problem.kind)
+            self._log.failure(
+                "scan",
+                "cannot look for the BT-2: the BLE scanner did not start (%s); set reader.bt2_address "
+                "to connect without scanning",
+                problem.message,
+            )
+            return None
+        sighting = await self.scanner.find_bt2(
+            address=cfg.bt2_address,
+            name=cfg.bt2_name,
+            timeout=cfg.scan_timeout if not cfg.bt2_address else 0.0,
+        )
+        if sighting is not None:
+            self.rssi = sighting.rssi
+            self.bt2_name = sighting.name
+            self.family = sighting.family
+            self._set_bt2(sighting.device.address)
+            return sighting.device
+        if cfg.bt2_address:
+            # BlueZ resolves a known address itself; a custom backend may do the same.
+            self._set_bt2(cfg.bt2_address)
+            return cfg.bt2_address
+        self.stats.request_failed(None, "connect_failed")
+        self._log.failure(
+            "scan",
+            "no BT-2 found in %.0f s of scanning (looking for %s): is it powered, in range "
+            "and not held by the Renogy app?",
+            cfg.scan_timeout,
+            cfg.bt2_name or "BT-TH-*",
+        )
+        return None
+
+    def _set_bt2(self, address: str) -> None:
+        new_id = bt2_id(address)
+        if self.bt2 is not None and new_id != self.bt2:
+            _LOGGER.warning("now reading BT-2 %s (was %s)", address, self.bt2)
+            self.split.clear()  # another bus: its packs may take the merged read
+        self.bt2 = new_id
