@@ -6,8 +6,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.brokers import MOSQUITTO, AmqttBroker, MosquittoBroker
+
+# Property tests judge values, not speed: on a loaded 2-core CI machine generation and examples are slow,
+# so hypothesis's timing checks (deadline, too_slow) would fail tests for the machine's load.
+settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("project")
 
 Broker = MosquittoBroker | AmqttBroker
 
