@@ -395,6 +395,20 @@ class SimulatorConfig:
         metavar="FILE",
         check=_check_output_file,
     )
+    max_read_words: int = setting(
+        125,
+        "RENOGY_SIM_MAX_READ_WORDS",
+        "Longest read a simulated pack answers; a longer one gets exception 03 (a pack that refuses the "
+        "merged 5000 x 49 read)",
+        minimum=1,
+        maximum=125,
+    )
+    read_reserved: bool = setting(
+        False,
+        "RENOGY_SIM_READ_RESERVED",
+        "Whether a simulated pack answers a read spanning the reserved register 5034 (false: exception 02, "
+        "like the real pack)",
+    )
     late_delay: float = setting(
         2.5,
         "RENOGY_SIM_LATE_DELAY",
@@ -566,6 +580,14 @@ class Config:
         "info", "RENOGY_LOG_LEVEL", "Log level", choices=("debug", "info", "warning", "error"),
         cli=("--log-level",),
         commands=(*CLI_COMMON, "scan"),
+    )
+    controls: bool = setting(
+        False,
+        "RENOGY_CONTROLS",
+        "Allow writes to devices (opt-in): the gateway serves each family's switches and the reader carries "
+        "them out; off, a command gets a controls_disabled result",
+        cli=("--controls",),
+        commands=CLI_SERVICES,
     )
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)

@@ -25,7 +25,16 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 
-from shared.modbus import FrameError, FrameErrorKind, ReadRequest, ReadResponse, ResponseAssembler
+from shared.modbus import (
+    FrameError,
+    FrameErrorKind,
+    ReadRequest,
+    ReadResponse,
+    ResponseAssembler,
+    WriteAssembler,
+    WriteRequest,
+    WriteResponse,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,10 +69,10 @@ class LinkLost(LinkError):
 class Exchange:
     """What happened to one request (for the capture file and timing figures)."""
 
-    request: ReadRequest
+    request: ReadRequest | WriteRequest
     sent_at: float
     notifications: list[tuple[float, bytes]] = field(default_factory=list)
-    response: ReadResponse | None = None
+    response: ReadResponse | WriteResponse | None = None
     error: str | None = None
     ended_at: float = 0.0
 
@@ -94,8 +103,8 @@ class Bt2Link:
         self._on_exchange = on_exchange
         self._client: BleakClient | None = None
         self._write_char: BleakGATTCharacteristic | None = None
-        self._assembler: ResponseAssembler | None = None
-        self._waiter: asyncio.Future[ReadResponse] | None = None
+        self._assembler: ResponseAssembler | WriteAssembler | None = None
+        self._waiter: asyncio.Future[ReadResponse | WriteResponse] | None = None
         self._exchange: Exchange | None = None
         self._first_error: FrameError | None = None
         self._dirty = False
@@ -180,12 +189,26 @@ class Bt2Link:
 
     async def request(self, request: ReadRequest) -> ReadResponse:
         """Send one read and wait for its reply; raises LinkError (kind = health error key)."""
+        response = await self._transact(request, ResponseAssembler(request))
+        assert isinstance(response, ReadResponse)
+        return response
+
+    async def write(self, request: WriteRequest) -> WriteResponse:
+        """Send one write-single-register (function 6) and wait for its echo, within the request
+        deadline; raises LinkError like :meth:`request` (kind ``modbus_exception``: the device refused)."""
+        response = await self._transact(request, WriteAssembler(request))
+        assert isinstance(response, WriteResponse)
+        return response
+
+    async def _transact(
+        self, request: ReadRequest | WriteRequest, assembler: ResponseAssembler | WriteAssembler
+    ) -> ReadResponse | WriteResponse:
         if not self.connected or self._client is None or self._write_char is None:
             raise LinkLost("disconnected", "not connected")
         if self._dirty:
             await self._flush()
         loop = asyncio.get_running_loop()
-        self._assembler = ResponseAssembler(request)
+        self._assembler = assembler
         self._first_error = None
         self._waiter = loop.create_future()
         self._exchange = Exchange(request, time.monotonic())
@@ -212,7 +235,7 @@ class Bt2Link:
                 waiter.exception()  # failed by a disconnect while the write was still in flight: seen
             self._assembler = None
 
-    def _timeout_error(self, request: ReadRequest) -> LinkError:
+    def _timeout_error(self, request: ReadRequest | WriteRequest) -> LinkError:
         if not self.connected:
             return LinkLost("disconnected", "link dropped while waiting for the reply")
         pending = self._assembler.pending if self._assembler else b""
@@ -263,7 +286,7 @@ class Bt2Link:
         if self._exchange is not None:
             self._exchange.notifications.append((now, bytes(data)))
         for event in assembler.feed(data):
-            if isinstance(event, ReadResponse):
+            if isinstance(event, ReadResponse | WriteResponse):
                 self._finish_exchange(response=event)
                 waiter.set_result(event)
                 return
@@ -286,7 +309,9 @@ class Bt2Link:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(error)
 
-    def _finish_exchange(self, *, response: ReadResponse | None = None, error: str | None = None) -> None:
+    def _finish_exchange(
+        self, *, response: ReadResponse | WriteResponse | None = None, error: str | None = None
+    ) -> None:
         exchange, self._exchange = self._exchange, None
         if exchange is None:
             return

@@ -1,8 +1,9 @@
 """The transport-free poll loop: link, BT-2 discovery, schedule, retries, back-off and watchdog.
 
-It knows nothing of MQTT: every battery reading, battery back-off and watchdog step comes out as an
-event through ``on_event``; the service (service.py) publishes them. Tests drive it on the simulator
-with no broker at all.
+It knows nothing of MQTT: every battery and device reading, back-off, control result and watchdog step
+comes out as an event through ``on_event``; the service (service.py) publishes them. Tests drive it on
+the simulator with no broker at all. Commands (:meth:`Poller.submit`) run between two reads, never
+beside one: the BT-2 carries one request at a time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -20,12 +22,14 @@ from services.reader import adapter as adapter_ops
 from services.reader.backends import Backends
 from services.reader.bluez_errors import diagnose
 from services.reader.link import Bt2Link, Exchange, LinkError
-from services.reader.readings import BatteryCycle, Identity
+from services.reader.readings import BatteryCycle, DeviceCycle, Identity
 from services.reader.recovery import Action, Backoff, Watchdog
 from services.reader.scanner import Scanner
 from services.reader.stats import ReaderStats
 from shared import registers
-from shared.config import ReaderConfig
+from shared.config import ReaderConfig, other_devices
+from shared.controls import Accepted, Reason, Result, Target, confirm, failed
+from shared.devices import BlockError, DeviceFamily, decode, family, read_plan
 from shared.modbus import FrameErrorKind, ReadRequest, ReadResponse
 from shared.service import RepeatFilter
 from shared.topics import bt2_id
@@ -75,7 +79,40 @@ class CycleDone:
     seconds: float
 
 
-PollerEvent = ReadingEvent | BatteryBackedOff | WatchdogEvent | CycleDone
+@dataclass(frozen=True, slots=True)
+class DeviceReadingEvent:
+    """A controller, DC-DC charger or inverter answered (a cycle's read, or the one after a write)."""
+
+    reading: DeviceCycle
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBackedOff:
+    """A device that did not answer is now probed only every ``every`` cycles."""
+
+    kind: str
+    slave: int
+    failed_cycles: int
+    every: int
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    """A command was carried out (or failed on the bus): its result for ``.../result``."""
+
+    target: Target
+    result: Result
+
+
+PollerEvent = (
+    ReadingEvent
+    | BatteryBackedOff
+    | WatchdogEvent
+    | CycleDone
+    | DeviceReadingEvent
+    | DeviceBackedOff
+    | ControlEvent
+)
 BlockResult = tuple[ReadResponse, dict[str, registers.Value], float]
 
 
@@ -133,6 +170,12 @@ class Poller:
         # The last adapter-level failure of a connect (no D-Bus socket, adapter missing); None once it works.
         self.adapter_problem: str | None = None
         self.exit_code = EXIT_OK
+        # Controllers, DC-DC chargers and inverters (reader.devices), read after the batteries.
+        self.devices: list[tuple[str, int]] = other_devices(cfg.devices)
+        self.device_identities: dict[int, dict[str, registers.Value]] = {}
+        self._device_info_due: dict[int, float] = {}
+        self._commands: deque[tuple[Target, Accepted]] = deque()
+        self._command_ready = asyncio.Event()
         self._log = RepeatFilter(_LOGGER)
         self._cycle_floor = 0.0
         self._floor_known = True
@@ -165,8 +208,29 @@ class Poller:
                 if self.cfg.poll_interval
                 else loop.time()
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), max(0.0, next_start - loop.time()))
+            await self._idle_until(next_start)
+
+    async def _idle_until(self, deadline: float) -> None:
+        """Wait for the next cycle (loop time ``deadline``), carrying out commands as they come."""
+        loop = asyncio.get_running_loop()
+        while not self.stop_event.is_set():
+            if self._commands:
+                await self.run_commands()
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._command_ready.clear()
+            waits = [
+                asyncio.ensure_future(self.stop_event.wait()),
+                asyncio.ensure_future(self._command_ready.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
 
     async def escalate(self, action: Action) -> bool:
         """Apply a watchdog action; False when the process should exit."""
@@ -217,6 +281,22 @@ class Poller:
                     # Only a battery that was asked and did not answer; a link that could not be made says
                     # nothing about it (backing it off then delayed recovery by a cycle).
                     self._back_off_battery(slave)
+                await self.run_commands()
+            for kind, slave in self.devices:
+                if self.stop_event.is_set():
+                    break
+                if self.stats.cycles < self._skip_until.get(slave, 0):
+                    continue
+                attempted += 1
+                self._link_unavailable = False
+                device = await self.read_device(kind, slave)
+                if device.any_good:
+                    good += 1
+                    self._failed_cycles.pop(slave, None)
+                    self._emit(DeviceReadingEvent(device))
+                elif not self._link_unavailable:
+                    self._back_off_device(kind, slave)
+                await self.run_commands()
         self.last_cycle_attempted = bool(attempted) or not linked
         self.stats.cycles += 1
         self.stats.last_cycle_s = time.monotonic() - started
@@ -240,6 +320,178 @@ class Poller:
                 skip + 1,
                 slave,
             )
+
+    def _back_off_device(self, kind: str, slave: int) -> None:
+        """As for batteries (slave ids are unique on a bus, so they share the counters)."""
+        failed = self._failed_cycles[slave] = self._failed_cycles.get(slave, 0) + 1
+        skip = min(2 ** (failed - 1), MAX_PROBE_SPACING) - 1
+        self._skip_until[slave] = self.stats.cycles + 1 + skip
+        if skip:
+            self._emit(DeviceBackedOff(kind, slave, failed, skip + 1))
+        if skip and (failed == 2 or skip == MAX_PROBE_SPACING - 1):
+            _LOGGER.warning(
+                "%s %d has not answered for %d cycles; probing it every %d cycles (is slave id %d on this "
+                "BT-2's bus? setting reader.devices)",
+                kind,
+                slave,
+                failed,
+                skip + 1,
+                slave,
+            )
+
+    # --- other devices ---------------------------------------------------------------------------
+
+    async def read_device(self, kind: str, slave: int) -> DeviceCycle:
+        """One device's blocks of this cycle (its family's read plan), decoded and screened."""
+        assert self.bt2 is not None
+        fam = family(kind)
+        reading = DeviceCycle(fam, self.bt2, slave)
+        info_due = time.monotonic() >= self._device_info_due.get(slave, 0.0)
+        for block in read_plan(fam, info_due):
+            result = await self.read_device_block(fam, slave, block.start, block.words)
+            if result is None:
+                reading.fail_block(block.start)
+                if not reading.any_good:
+                    break  # silent or unreachable: do not spend the cycle's timeouts on its other blocks
+                continue
+            values, received_at = result
+            reading.add_block(values, received_at)
+            if block.cadence == "info":
+                identity = self.device_identities.setdefault(slave, {})
+                identity.update({k: v for k, v in values.items() if k in fam.identity})
+                self._device_info_due[slave] = time.monotonic() + self.cfg.info_interval
+        reading.identity = dict(self.device_identities.get(slave, {}))
+        return reading
+
+    async def read_device_block(
+        self, fam: DeviceFamily, slave: int, start: int, words: int
+    ) -> tuple[dict[str, registers.Value], float] | None:
+        request = ReadRequest(slave, start, words)
+        label = f"{fam.kind} {slave}"
+        attempts = 1 + self.cfg.retries
+        for attempt in range(1, attempts + 1):
+            if (self.link is None or not self.link.connected) and not await self.ensure_link():
+                self._link_unavailable = True
+                return None
+            assert self.link is not None
+            try:
+                response = await self.link.request(request)
+                received_at = time.time()
+                values, dropped = decode(fam, start, response.registers)
+            except LinkError as exc:
+                action = "; reconnecting" if exc.reconnect else ""
+                self._request_failed(
+                    slave,
+                    exc.kind,
+                    f"{label}: read {start}x{words} failed ({exc.kind}: {exc}){action}",
+                    attempt,
+                    attempts,
+                )
+                if exc.reconnect:
+                    await self.link.disconnect()
+                continue
+            except BlockError as exc:
+                self._request_failed(
+                    slave,
+                    "implausible",
+                    f"{label}: read {start}x{words} did not decode ({exc}); not published",
+                    attempt,
+                    attempts,
+                )
+                continue
+            self.stats.request_ok(slave, received_at)
+            self._log.success(f"{slave}")
+            self._log_device_dropped(label, slave, start, words, dropped)
+            self._add_floor(words)
+            return values, received_at
+        return None
+
+    def _log_device_dropped(self, label: str, slave: int, start: int, words: int, dropped: list[str]) -> None:
+        """A value outside its range is left out of the reading (never published); once per streak."""
+        key = f"{slave}:sensors:{start}"
+        if not dropped:
+            self._log.success(key)
+            return
+        self._log.failure(
+            key,
+            "%s: read %sx%s: %s; left out of the reading, the other values as read",
+            label,
+            start,
+            words,
+            "; ".join(dropped),
+        )
+
+    # --- controls ----------------------------------------------------------------------------------
+
+    @property
+    def pending_commands(self) -> int:
+        return len(self._commands)
+
+    def submit(self, target: Target, accepted: Accepted) -> None:
+        """Queue a checked command; it runs after the read in progress (or at once when idle)."""
+        self._commands.append((target, accepted))
+        self._command_ready.set()
+
+    async def run_commands(self) -> None:
+        """Carry out the queued commands; after each write, read the device again so its state follows."""
+        while self._commands and not self.stop_event.is_set():
+            target, accepted = self._commands.popleft()
+            result = await self._execute(target, accepted)
+            self._emit(ControlEvent(target, result))
+            if result.reason is Reason.STALE or self.bt2 is None:
+                continue  # nothing was written
+            kind, slave = target[1], target[2]
+            reading = await self.read_device(kind, slave)
+            if reading.any_good:
+                self._emit(DeviceReadingEvent(reading))
+
+    async def _execute(self, target: Target, accepted: Accepted) -> Result:
+        """Write, then read back: the result is what the device reports, never the request."""
+        _bt2, kind, slave = target
+        write = accepted.write
+        where = f"{kind} {slave}"
+        now = time.time()
+        if accepted.command.deadline <= now:
+            return Result(
+                Reason.STALE,
+                f"deadline passed {now - accepted.command.deadline:.1f} s ago while the bus was busy; "
+                f"{where} not written",
+                accepted.command.id,
+                accepted.command.key,
+            )
+        if (self.link is None or not self.link.connected) and not await self.ensure_link():
+            return failed(accepted, Reason.NO_REPLY, f"the BT-2 link is down; {where} not written")
+        assert self.link is not None
+        try:
+            await self.link.write(write)
+        except LinkError as exc:
+            self.stats.request_failed(slave, exc.kind)
+            if exc.reconnect:
+                await self.link.disconnect()
+            if exc.kind == FrameErrorKind.EXCEPTION.value:
+                return failed(
+                    accepted,
+                    Reason.DEVICE_REFUSED,
+                    f"{where} refused the write of {write.value} to register 0x{write.register:04X}: {exc}",
+                )
+            return failed(
+                accepted,
+                Reason.NO_REPLY,
+                f"no echo of the write to {where} ({exc.kind}: {exc}); state unknown",
+            )
+        try:
+            response = await self.link.request(accepted.readback)
+        except LinkError as exc:
+            self.stats.request_failed(slave, exc.kind)
+            if exc.reconnect:
+                await self.link.disconnect()
+            return failed(
+                accepted,
+                Reason.NO_REPLY,
+                f"{where} took the write, but its read-back failed ({exc.kind}: {exc})",
+            )
+        self.stats.request_ok(slave, time.time())
+        return confirm(accepted, response.registers)
 
     def _info_due(self, slave: int) -> bool:
         return time.monotonic() >= self.info_due.get(slave, 0.0)

@@ -1,4 +1,4 @@
-"""Assemble one battery's reading of one cycle from its decoded blocks (pure)."""
+"""Assemble one device's reading of one cycle from its decoded blocks (pure)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.devices import DeviceFamily, reading_payload
 from shared.registers import Value
 from shared.topics import SCHEMA
 
@@ -116,4 +117,44 @@ class BatteryCycle:
                 body[name] = value
         body.update(self.values)
         body["raw"] = self.raw
+        return body
+
+
+@dataclass(slots=True)
+class DeviceCycle:
+    """The blocks of one controller, DC-DC charger or inverter in one cycle (screened values only)."""
+
+    family: DeviceFamily
+    bt2: str
+    slave_id: int
+    ts: float | None = None
+    mono: float | None = None  # time.monotonic() at `ts`, as for batteries
+    values: dict[str, Value] = field(default_factory=dict)
+    failed: list[int] = field(default_factory=list)
+    # The identity values of the last info read (model, device_address): carried in every reading.
+    identity: dict[str, Value] = field(default_factory=dict)
+
+    def add_block(self, values: dict[str, Value], received_at: float) -> None:
+        self.values.update(values)
+        if self.ts is None:
+            self.ts, self.mono = received_at, time.monotonic()
+
+    def fail_block(self, start: int) -> None:
+        self.failed.append(start)
+
+    @property
+    def any_good(self) -> bool:
+        return self.ts is not None
+
+    def payload(self, boot_id: str) -> dict[str, Any]:
+        """``reading_payload`` plus what the aggregator's parser reads beside the values (boot_id,
+        mono, complete); the identity fills what this cycle did not read."""
+        values = {**self.identity, **self.values}
+        body = reading_payload(
+            self.family, bt2=self.bt2, slave_id=self.slave_id, ts=round(self.ts or 0.0, 3), values=values
+        )
+        body["complete"] = not self.failed
+        body["boot_id"] = boot_id
+        if self.mono is not None:
+            body["mono"] = round(self.mono, 3)
         return body

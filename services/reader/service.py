@@ -1,8 +1,9 @@
-"""The BLE reader: owns the adapter, holds one BT-2 connection, reads every battery each cycle.
+"""The BLE reader: owns the adapter, holds one BT-2 connection, reads every device each cycle.
 
 A thin asyncio shell around the pure parts (shared.modbus, shared.registers, readings, stats,
-recovery). It publishes raw per-battery readings and, for the Bluetooth proxy, batches of the
-advertisements its scanner sees.
+recovery). It publishes raw per-device readings and, for the Bluetooth proxy, batches of the
+advertisements its scanner sees. Commands on its BT-2's ``.../set`` topics are checked here
+(shared.controls) and carried out by the poller between two reads.
 """
 
 from __future__ import annotations
@@ -30,20 +31,28 @@ from services.reader.poller import (
     EXIT_WATCHDOG,
     MAX_ADAPTER_ERRORS,
     MAX_PROBE_SPACING,
+    ControlEvent,
+    DeviceReadingEvent,
     Poller,
     PollerEvent,
     ReadingEvent,
 )
 from services.reader.proxy_connections import ProxyConnections
-from services.reader.readings import BatteryCycle, Identity
+from services.reader.readings import BatteryCycle, DeviceCycle, Identity
 from services.reader.recovery import Backoff, Watchdog
 from services.reader.scanner import Scanner
 from services.reader.stats import ReaderStats
 from shared.config import Config
+from shared.controls import Reason, Result, Target, check_command
+from shared.modbus import ReadRequest
 from shared.mqtt import Message
 from shared.payloads import PayloadError, dumps, loads_object
 from shared.service import ServiceRuntime
-from shared.topics import SCHEMA
+from shared.topics import SCHEMA, bt2_id
+
+# A refused command is logged once per this many seconds (and kind of refusal): the result topic
+# carries every one, the log only says that they keep coming.
+COMMAND_LOG_INTERVAL = 600.0
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,6 +86,8 @@ class Reader:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._capture: TextIO | None = None
         self._outbox: Outbox | None = None  # created with the first reading (publishing, below)
+        self._command_bt2: set[str] = set()  # BT-2 ids whose command topics we subscribed to
+        self._command_logged: dict[str, float] = {}  # refusal kind -> monotonic time of its last log line
         self.scanner = Scanner(
             backend=backends.scanner,
             adapter=self.cfg.adapter,
@@ -165,6 +176,8 @@ class Reader:
         """Connect to MQTT (in the background), open the capture file, start scanning."""
         self.runtime.mqtt.subscribe(self.topics.scanner_set(self.cfg.instance))
         self.runtime.mqtt.subscribe(self.topics.bridge_state("aggregator", "+"))
+        if self.cfg.bt2_address:
+            self._subscribe_commands(bt2_id(self.cfg.bt2_address))
         if self.proxy is not None:
             for topic_filter, qos in self.proxy.filters:
                 self.runtime.mqtt.subscribe(topic_filter, qos)
@@ -206,6 +219,8 @@ class Reader:
     async def _read_cycle(self) -> int:
         """Read every battery once; returns the number of batteries with at least one good block."""
         good = await self.poller.cycle()
+        if self.poller.bt2 is not None:
+            self._subscribe_commands(self.poller.bt2)
         self._publish_health()
         return good
 
@@ -215,6 +230,10 @@ class Reader:
     def _on_poller_event(self, event: PollerEvent) -> None:
         if isinstance(event, ReadingEvent):
             self._publish_reading(event.reading)
+        elif isinstance(event, DeviceReadingEvent):
+            self._publish_device_reading(event.reading)
+        elif isinstance(event, ControlEvent):
+            self._publish_result(event.target, event.result)
 
     # --- publishing ----------------------------------------------------------------------------------
 
@@ -222,12 +241,85 @@ class Reader:
         """Hand a reading to the outbox: published in order (QoS 1, retained), kept while the broker is away."""
         identity = self.identities.get(reading.slave_id, Identity())
         payload = reading.payload(identity, self.runtime.boot_id)
+        self._outbox_put(self.topics.reading(reading.bt2, reading.slave_id), dumps(payload))
+
+    def _publish_device_reading(self, reading: DeviceCycle) -> None:
+        """A controller's, DC-DC charger's or inverter's reading: the same outbox, in the same order."""
+        topic = self.topics.reading(reading.bt2, reading.slave_id, reading.family.kind)
+        self._outbox_put(topic, dumps(reading.payload(self.runtime.boot_id)))
+
+    def _outbox_put(self, topic: str, payload: bytes) -> None:
         if self._outbox is None:
-            capacity = capacity_for(self.cfg.outage_buffer, self.cfg.poll_interval, len(self.cfg.batteries))
+            devices = len(self.cfg.batteries) + len(self.poller.devices)
+            capacity = capacity_for(self.cfg.outage_buffer, self.cfg.poll_interval, devices)
             self._outbox = Outbox(self.runtime.mqtt, capacity)
             self._outbox.gated = True  # a backlog waits for the aggregator after a reconnect
-        self._outbox.put(self.topics.reading(reading.bt2, reading.slave_id), dumps(payload))
+        self._outbox.put(topic, payload)
         self.stats.readings_published += 1
+
+    # --- controls ------------------------------------------------------------------------------------
+
+    def _subscribe_commands(self, bt2: str) -> None:
+        """Commands for our own BT-2 only (its id is known once it is found, or from reader.bt2_address)."""
+        if bt2 not in self._command_bt2:
+            self._command_bt2.add(bt2)
+            self.runtime.mqtt.subscribe(self.topics.command_filter(bt2))
+
+    def _configured(self, bt2: str) -> set[Target]:
+        """Every device on our bus: batteries too, so slave 255 is refused while they share it."""
+        return {(bt2, "battery", slave) for slave in self.cfg.batteries} | {
+            (bt2, kind, slave) for kind, slave in self.poller.devices
+        }
+
+    def _on_command(self, target: Target, message: Message) -> None:
+        own = self.poller.bt2 or (bt2_id(self.cfg.bt2_address) if self.cfg.bt2_address else None)
+        if target[0] != own:
+            return  # another BT-2's command (a subscription left from before a BT-2 change)
+        if message.retain:
+            # A retained command would switch the device again on every reconnect: never obeyed.
+            self._log_refusal(
+                "retained",
+                "ignored a retained command on %s: commands are never retained; clear it with an empty "
+                "retained message (mosquitto_pub -r -n -t <topic>)",
+                message.topic,
+            )
+            return
+        outcome = check_command(
+            target,
+            message.payload,
+            enabled=self.config.controls,
+            configured=self._configured(target[0]),
+            now=time.time(),
+        )
+        if isinstance(outcome, Result):
+            self._publish_result(target, outcome)
+        else:
+            self.poller.submit(target, outcome)
+
+    def _publish_result(self, target: Target, result: Result) -> None:
+        bt2, kind, slave = target
+        topic = self.topics.device_result(bt2, kind, slave)
+        self.runtime.mqtt.publish(topic, dumps(result.payload(time.time())), qos=1, retain=False)
+        if result.ok:
+            _LOGGER.info("%s %d: %s", kind, slave, result)
+        elif result.reason is Reason.DISABLED:
+            self._log_refusal(
+                "disabled",
+                "refused a command for %s %d: controls are off (set controls = true / RENOGY_CONTROLS=true to "
+                "allow writes); the next refusals are not logged for %.0f s",
+                kind,
+                slave,
+                COMMAND_LOG_INTERVAL,
+            )
+        else:
+            _LOGGER.warning("command for %s %d not carried out: %s", kind, slave, result)
+
+    def _log_refusal(self, what: str, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._command_logged.get(what)
+        if last is None or now - last >= COMMAND_LOG_INTERVAL:
+            self._command_logged[what] = now
+            _LOGGER.warning(fmt, *args)
 
     def _publish_health(self) -> None:
         health: dict[str, Any] = {
@@ -302,6 +394,10 @@ class Reader:
     def _on_message(self, message: Message) -> None:
         if self.proxy is not None and self.proxy.handle(message):
             return
+        command = self.topics.parse_device_command(message.topic)
+        if command is not None:
+            self._on_command(command, message)
+            return
         if self._is_aggregator_state(message.topic):
             with contextlib.suppress(PayloadError):
                 if loads_object(message.payload).get("state") == "online" and self._outbox is not None:
@@ -327,12 +423,13 @@ class Reader:
     def _on_exchange(self, exchange: Exchange) -> None:
         if self._capture is None:
             return
+        request = exchange.request
         record = {
             "ts": time.time(),
-            "slave": exchange.request.slave,
-            "start": exchange.request.start,
-            "words": exchange.request.count,
-            "request": exchange.request.encode().hex(),
+            "slave": request.slave,
+            "start": request.start if isinstance(request, ReadRequest) else request.register,
+            "words": request.count if isinstance(request, ReadRequest) else 1,
+            "request": request.encode().hex(),
             "notifications": [
                 [round(at - exchange.sent_at, 4), data.hex()] for at, data in exchange.notifications
             ],

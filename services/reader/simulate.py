@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.reader.backends import Backends
 from services.simulator import BankSimulator, SimBT2Client, SimConfig, SimScanner, register_simulator
 from services.simulator.devices import SimPeripheralClient
-from shared.config import Config
+from shared.config import Config, other_devices
 
 # A locally administered address for the simulated adapter, so Home Assistant sees a distinct scanner.
 SIM_ADAPTER_ADDRESS = "02:52:4E:47:59:01"
@@ -25,6 +25,9 @@ def simulator_for_config(config: Config) -> BankSimulator:
             fault_rate=sim_cfg.fault_rate,
             truth_log=sim_cfg.truth_log,
             late_delay=sim_cfg.late_delay,
+            max_read_words=sim_cfg.max_read_words,
+            read_reserved=sim_cfg.read_reserved,
+            devices=tuple(other_devices(sim_cfg.devices)),
             # A long-running demo must not grow memory; the optional truth log keeps everything.
             record_truth=False,
         )

@@ -14,13 +14,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from shared.devices import decode
 from shared.modbus import (
     BROADCAST_SLAVE,
     READ_HOLDING_REGISTERS,
+    WRITE_SINGLE_REGISTER,
     ReadRequest,
+    WriteRequest,
     crc_ok,
     encode_exception_response,
     encode_read_response,
+    encode_write_response,
     with_crc,
 )
 from shared.registers import REGISTER_MAP, Value, block_is_mapped, decode_block, encode_block
@@ -28,6 +32,9 @@ from shared.timing import TimingModel, notification_count
 
 from .config import SimConfig
 from .faults import Fault, FaultInjector, FaultKind
+from .models import ControllerModel, DccModel, DeviceModel, InverterModel, SimBank, WriteRefused
+from .models import read as model_read
+from .models import write as model_write
 from .physics import BankPhysics, PackSpec, default_packs
 from .truth import FaultRecord, TruthRecord, TruthRecorder
 
@@ -112,6 +119,7 @@ class BankSimulator:
         self.physics = BankPhysics(
             tuple(self.packs.values()), seed=cfg.seed, start=cfg.sim_start, step=cfg.physics_step
         )
+        self.devices: dict[int, DeviceModel] = device_models(cfg)
         self.faults = FaultInjector(cfg.fault_rate, cfg.fault_kinds, cfg.seed)
         self.truth = TruthRecorder(
             enabled=cfg.record_truth, max_records=cfg.max_truth_records, log_path=cfg.truth_log
@@ -144,7 +152,7 @@ class BankSimulator:
 
     @property
     def slaves(self) -> tuple[int, ...]:
-        """Slave ids present on the bus."""
+        """Slave ids of the batteries on the bus (:attr:`devices` holds the other devices)."""
         return tuple(self.packs)
 
     @property
@@ -257,10 +265,16 @@ class BankSimulator:
             _LOGGER.debug("ignoring a frame with a bad CRC: %s", frame.hex())
             return None
         slave, function = frame[0], frame[1]
-        responders = list(self.packs) if slave == BROADCAST_SLAVE else [slave] if slave in self.packs else []
+        present = [*self.packs, *self.devices]
+        responders = present if slave == BROADCAST_SLAVE else [slave] if slave in present else []
         if not responders:
             return None
-        answers = (self._slave_reply(responder, frame, function, sim_time) for responder in responders)
+        answers = (
+            self._device_reply(self.devices[responder], frame, function, sim_time)
+            if responder in self.devices
+            else self._slave_reply(responder, frame, function, sim_time)
+            for responder in responders
+        )
         replies = [r for r in answers if r is not None]
         if not replies:
             return None
@@ -294,6 +308,35 @@ class BankSimulator:
             values=decode_block(request.start, registers),
             request_slave=request.slave,
         )
+        return _Reply(reply, slave, truth)
+
+    def _device_reply(
+        self, model: DeviceModel, frame: bytes, function: int, sim_time: float
+    ) -> _Reply | None:
+        """A controller's, DC-DC charger's or inverter's answer to a CRC-valid frame (read or write)."""
+        slave = model.slave
+        if function not in (READ_HOLDING_REGISTERS, WRITE_SINGLE_REGISTER):
+            return self._exception(slave, function, EXC_ILLEGAL_FUNCTION, frame, sim_time)
+        if len(frame) != 8:
+            return None
+        if function == WRITE_SINGLE_REGISTER:
+            write = WriteRequest.decode(frame)
+            echoed = model_write(model, write.register, write.value, sim_time)
+            if isinstance(echoed, WriteRefused):
+                return self._exception(slave, function, echoed.code, frame, sim_time)
+            reply = encode_write_response(slave, write.register, echoed)
+            truth = TruthRecord(0.0, sim_time, slave, write.register, 1, reply, {}, write.slave)
+            return _Reply(reply, slave, truth)
+        try:
+            request = ReadRequest.decode(frame)
+        except ValueError:
+            return self._exception(slave, function, EXC_ILLEGAL_VALUE, frame, sim_time)
+        answer = model_read(model, request.start, request.count, sim_time)
+        if isinstance(answer, int):
+            return self._exception(slave, function, answer, frame, sim_time)
+        reply = encode_read_response(slave, answer)
+        values, _dropped = decode(model.family, request.start, answer)
+        truth = TruthRecord(0.0, sim_time, slave, request.start, request.count, reply, values, request.slave)
         return _Reply(reply, slave, truth)
 
     def _exception(self, slave: int, function: int, code: int, frame: bytes, sim_time: float) -> _Reply:
@@ -382,6 +425,23 @@ class BankSimulator:
         slave = request[0] if request else None
         record = FaultRecord(str(kind), time.time(), exchange.sim_time, slave, start, words, frame, detail)
         self.truth.record_fault(record)
+
+
+def device_models(config: SimConfig) -> dict[int, DeviceModel]:
+    """The non-battery devices of ``config`` by slave id. The controller and DC-DC charger share one
+    12 V house bank, the inverter has its own 48 V one: neither is the simulated battery bank (its
+    physics runs on its own), so their state of charge is an approximation of their own."""
+    house = SimBank(200.0, 0.6, cells=4)
+    models: dict[int, DeviceModel] = {}
+    for kind, slave in config.devices:
+        seed, start = config.seed, config.sim_start
+        if kind == "controller":
+            models[slave] = ControllerModel(slave, bank=house, seed=seed, start=start)
+        elif kind == "dcc":
+            models[slave] = DccModel(slave, bank=house, seed=seed, start=start)
+        else:
+            models[slave] = InverterModel(slave, seed=seed, start=start)
+    return models
 
 
 def _collide(frames: Sequence[bytes]) -> bytes:

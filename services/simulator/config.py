@@ -12,6 +12,8 @@ from .faults import ALL_FAULT_KINDS, FaultKind
 
 DEFAULT_ADDRESS = "C4:64:E3:38:3D:0E"
 DEFAULT_BATTERIES = (48, 49, 50, 51)
+# Kinds that answer Modbus beside the batteries (the shunt is a BLE device of its own).
+DEVICE_KINDS = ("controller", "dcc", "inverter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class SimConfig:
     read_reserved: bool = False
     # Per-pack exceptions to max_read_words, (slave, words) pairs: a bank of mixed models.
     read_limits: tuple[tuple[int, int], ...] = ()
+    # Other devices on the bus, (kind, slave) pairs: controller, dcc, inverter (services/simulator/models).
+    devices: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.batteries:
@@ -64,6 +68,14 @@ class SimConfig:
         for words in (self.max_read_words, *(limit for _, limit in self.read_limits)):
             if not 1 <= words <= MAX_READ_WORDS:
                 raise ValueError(f"maximum read length {words} outside 1..{MAX_READ_WORDS}")
+        for kind, slave in self.devices:
+            if kind not in DEVICE_KINDS:
+                raise ValueError(f"device kind {kind!r} is not simulated (known: {', '.join(DEVICE_KINDS)})")
+            if not 1 <= slave <= 255:
+                raise ValueError(f"slave id {slave} outside 1..255")
+        bus = [*self.batteries, *(slave for _, slave in self.devices)]
+        if len(set(bus)) != len(bus):
+            raise ValueError("slave ids must be distinct (one bus, one device per id)")
         if self.physics_step <= 0 or self.advert_interval <= 0:
             raise ValueError("physics_step and advert_interval must be > 0")
         parts = self.address.split(":")

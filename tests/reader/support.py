@@ -29,10 +29,11 @@ FAST_SIM = SimConfig(latency_scale=0.02, advert_interval=0.05)
 
 @asynccontextmanager
 async def reader_on_sim(
-    broker_url: str, sim_config: SimConfig = FAST_SIM, **settings: Any
+    broker_url: str, sim_config: SimConfig = FAST_SIM, *, controls: bool = False, **settings: Any
 ) -> AsyncIterator[tuple[Reader, BankSimulator, MqttProbe]]:
     """A started Reader (MQTT up, scanner running) on a fresh simulator, plus a probe on renogy/#."""
     overrides = {
+        "controls": controls,
         "mqtt.url": broker_url,
         "reader.request_timeout": 0.3,
         "reader.connect_timeout": 2.0,

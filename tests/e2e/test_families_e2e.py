@@ -1,0 +1,113 @@
+"""`renogy-proxy run` on the simulator with two batteries, a charge controller and a DC-DC charger:
+a real aioesphomeapi client lists every family's entities with states, and the controller's PV power
+is what the reader published."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aioesphomeapi import APIClient, EntityInfo, EntityState
+
+from shared.devices import FAMILIES
+from shared.topics import Topics, bt2_id
+from tests.support.brokers import free_port
+from tests.support.probe import MqttProbe
+
+SIM_ADDRESS = "C4:64:E3:38:3D:0E"
+BT2 = bt2_id(SIM_ADDRESS)
+CONTROLLER = f"controller_{BT2}_1"
+DCC = f"dcc_{BT2}_96"
+
+
+async def _snapshot(port: int, timeout: float) -> tuple[dict[str, EntityInfo], dict[int, EntityState]]:
+    """Entities by object id and one state per entity, as Home Assistant would see them."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        client = APIClient("127.0.0.1", port, None)
+        try:
+            async with asyncio.timeout(max(0.5, min(5.0, deadline - time.monotonic()))):
+                await client.connect(login=True)
+                entities, _ = await client.list_entities_services()
+                by_id = {e.object_id: e for e in entities}
+                wanted = {"battery_48_battery_level", "battery_49_battery_level", f"{CONTROLLER}_pv_power"}
+                if not wanted <= set(by_id) or not any(o.startswith(DCC) for o in by_id):
+                    raise AssertionError(f"not every device listed yet: {sorted(by_id)[:8]}...")
+                states: dict[int, EntityState] = {}
+                done = asyncio.Event()
+
+                def on_state(
+                    state: Any,
+                    states: dict[int, EntityState] = states,
+                    done: asyncio.Event = done,
+                    wanted: int = len(by_id),
+                ) -> None:
+                    states[state.key] = state
+                    if len(states) >= wanted:
+                        done.set()
+
+                client.subscribe_states(on_state)
+                await done.wait()
+                return by_id, states
+        except (Exception, TimeoutError) as exc:  # not up yet: try again until the deadline
+            last = exc
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), 2)
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the gateway did not serve every device: {last!r}")
+
+
+async def test_run_serves_every_family(mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+    log = (tmp_path / "run.log").open("wb")
+    env = {**os.environ, "RENOGY_API_BIND": "127.0.0.1", "RENOGY_SIM_LATENCY_SCALE": "0.05"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "run", "--simulate",
+        "--sim-devices", "battery:48,battery:49,controller:1,dcc:96",
+        "--api-port", str(port), "--state-dir", str(tmp_path / "state"), "--mqtt", mosquitto.url,
+        "--poll-interval", "2", "--no-mdns",
+        env=env, stdout=log, stderr=log,
+    )  # fmt: skip
+    topic = Topics().reading(BT2, 1, "controller")
+    try:
+        async with MqttProbe(mosquitto.url, topic) as probe:
+            entities, states = await _snapshot(port, timeout=60)
+            prefixes = ("battery_48_", "battery_49_", "bank_", f"{CONTROLLER}_", f"{DCC}_")
+            for prefix in prefixes:
+                assert any(o.startswith(prefix) for o in entities), f"no entity of {prefix}"
+            for kind, ref in (("controller", CONTROLLER), ("dcc", DCC)):
+                for entity in FAMILIES[kind].entities:  # type: ignore[index]
+                    if not entity.extended:
+                        assert f"{ref}_{entity.key}" in entities, f"{ref}_{entity.key} not listed"
+            assert all(e.key in states for e in entities.values()), "an entity without a state"
+            pv_key = entities[f"{CONTROLLER}_pv_power"].key
+
+            async def pv_matches() -> bool:
+                _entities, now = await _snapshot(port, timeout=20)
+                published = orjson.loads(probe.latest[topic].payload)["pv_power"]
+                return float(getattr(now[pv_key], "state", -1)) == float(published)
+
+            deadline = time.monotonic() + 30
+            while not await pv_matches():  # PV power moves; wait until both sides agree on one reading
+                assert time.monotonic() < deadline, "the API's PV power never equalled the published one"
+    except BaseException:
+        print((tmp_path / "run.log").read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        log.close()
