@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.aggregator.banks import BankSpec, Layout
-from services.aggregator.devices import FamilyDevices
+from services.aggregator.devices import FamilyDevices, info_fields
 from services.aggregator.documents import Outgoing, Publisher, bank_config, battery_config, values_of
 from services.aggregator.energy import MAX_COUNTER_WH, SECONDS_PER_HOUR, EnergyCounter, Step
 from services.aggregator.entities import BANK, BATTERY, for_profile
@@ -48,6 +48,7 @@ class Settings:
     save_interval: float = 300.0
     forget_after: float = 7 * 86400.0  # s without a reading before a battery's device is removed
     refresh: float | None = None  # s; unchanged states are published again this often (None: never)
+    controls: bool = False  # opt-in writes: each family's switches are listed (services/aggregator/devices.py)
 
 
 @dataclass(slots=True)
@@ -107,6 +108,14 @@ class AggregatorCore:
         if self.urgent:  # coalesced: the four batteries of a BT-2 appear within a second
             return mono - last_save >= min(URGENT_SAVE_DELAY, self.settings.save_interval)
         return self.unsaved_wh > SAVE_MIN_WH and mono - last_save >= self.settings.save_interval
+
+    def save_at(self, last_save: float | None) -> float | None:
+        """The monotonic time at which save_due turns true without new input (None: not before one)."""
+        if not self.dirty or last_save is None:
+            return None  # a first save is due at once, at the commit that made the core dirty
+        if self.urgent:
+            return last_save + min(URGENT_SAVE_DELAY, self.settings.save_interval)
+        return last_save + self.settings.save_interval if self.unsaved_wh > SAVE_MIN_WH else None
 
     # --- persistence ---------------------------------------------------------------------------
 
@@ -517,6 +526,32 @@ class AggregatorCore:
                 )
         self.devices.offer(out, self.publisher, now, mono)
         return out
+
+    def next_change(self, mono: float) -> float | None:
+        """The earliest monotonic time, not before `mono`, at which pending() may differ without new input:
+        a value going stale, an unchanged state due again (refresh), a silent device to forget. A value
+        is fresh up to and including its deadline, so evaluate just after it. None: nothing is due."""
+        settings = self.settings
+        due: list[float] = []
+        for battery in self.batteries.values():
+            due.append(battery.last_seen + settings.forget_after)
+            due.extend(stamp.at + settings.stale_after for _, stamp in battery.values.values())
+            due.extend(stamp.at + settings.info_stale_after for _, stamp in battery.status.values())
+            link = self.links.get(battery.bt2)
+            if link is not None:
+                due.append(link.ts + settings.stale_after)
+        for device in self.devices.devices.values():
+            due.append(device.last_seen + settings.forget_after)
+            info = info_fields(device.family)
+            for name, (_, stamp) in device.values.items():
+                if name not in device.family.identity:  # identity fields never go stale
+                    due.append(
+                        stamp.at + (settings.info_stale_after if name in info else settings.stale_after)
+                    )
+        refresh = self.publisher.next_refresh(mono)
+        if refresh is not None:
+            due.append(refresh)
+        return min((t for t in due if t >= mono), default=None)
 
     def _counter_copy(self, counter: EnergyCounter, now: float) -> dict[str, Any]:
         future = counter.last_ts is not None and counter.last_ts > now + self.settings.max_ahead

@@ -5,6 +5,10 @@ A device's id is ``<kind>_<bt2>_<slave>``: it can never be a battery's (``batter
 aggregator.batteries id, which is refused here) and, holding the BT-2, two controllers at the default
 slave 255 behind two BT-1 modules never share one. The gateway's entity keys are hashed from it, so it
 must not change: it uses nothing a user configures.
+
+With ``controls`` on, a family's ControlDefs (the controller's load switch) join its entities as
+switches whose state is the read-back field (ControlDef.compute), never a requested value; with
+controls off they are not listed at all.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from services.aggregator.documents import MANUFACTURER, Outgoing, Publisher, pub
 from services.aggregator.inputs import DropLog, drop_reason
 from services.aggregator.model import Rejected, Stamp, Value
 from shared.devices import FAMILIES, DeviceFamily, EntityDef, entity_values
-from shared.devices.base import fields_in
+from shared.devices.base import ControlDef, fields_in
 from shared.devices.payload import FamilyReading, parse_family_reading
 from shared.mqtt import Message
 from shared.payloads import DeviceConfig, DeviceInfo, PayloadError
@@ -52,6 +56,11 @@ def info_fields(family: DeviceFamily) -> frozenset[str]:
 
 def entities_of(family: DeviceFamily, profile: str) -> tuple[EntityDef, ...]:
     return tuple(e for e in family.entities if profile == "extended" or not e.extended)
+
+
+def controls_of(family: DeviceFamily, enabled: bool) -> tuple[ControlDef, ...]:
+    """The switches served for a family: none unless controls are on (opt-in writes)."""
+    return family.controls if enabled else ()
 
 
 def publish_state(entity: EntityDef, value: Value) -> Value:
@@ -157,14 +166,20 @@ class FamilyDevices:
             bt2=device.bt2,
             slave_id=device.slave_id or None,  # a shunt has no slave id
         )
-        return DeviceConfig(info, tuple(e.spec for e in entities_of(device.family, self.settings.profile)))
+        family, settings = device.family, self.settings
+        specs = [e.spec for e in entities_of(family, settings.profile)]
+        specs += [c.spec for c in controls_of(family, settings.controls)]
+        return DeviceConfig(info, tuple(specs))
 
     def states(self, device: FamilyDevice, mono: float) -> dict[str, Value]:
         settings = self.settings
         view = device.view(mono, settings.stale_after, settings.info_stale_after)
         raw = entity_values(device.family, view, settings.profile)
         by_key = {e.key: e for e in device.family.entities}
-        return {key: publish_state(by_key[key], value) for key, value in raw.items()}
+        states = {key: publish_state(by_key[key], value) for key, value in raw.items()}
+        # The switch follows the read-back field of the latest fresh reading; stale -> unknown.
+        states.update({c.key: c.compute(view) for c in controls_of(device.family, settings.controls)})
+        return states
 
     def offer(self, out: list[Outgoing], publisher: Publisher, now: float, mono: float) -> None:
         for ref, device in sorted(self.devices.items()):

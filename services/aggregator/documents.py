@@ -119,6 +119,15 @@ class Publisher:
         self._sent_at.pop(device_id, None)
         self._recent.pop(device_id, None)
 
+    def next_refresh(self, mono: float) -> float | None:
+        """When the next published state is due again unchanged, not before `mono` (None: never). A time
+        already past belongs to a device no longer offered (a bank whose batteries were all removed)."""
+        if self.refresh is None:
+            return None
+        return min(
+            (t + self.refresh for t in self._sent_at.values() if t + self.refresh >= mono), default=None
+        )
+
     def offer(
         self,
         out: list[Outgoing],

@@ -9,7 +9,6 @@ restart (even after kill -9) resumes at the larger of the two.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 from services.aggregator.banks import layout_from_config
 from services.aggregator.core import AggregatorCore, Rejected, Settings
 from services.aggregator.devices import family_reading
+from services.aggregator.documents import Outgoing
 from services.aggregator.energy import EnergyCounter
 from services.aggregator.inputs import DropLog, drop_reason, parse_reader_health
 from services.aggregator.store import StateStore
@@ -29,7 +29,12 @@ from shared.service import ServiceRuntime
 _LOGGER = logging.getLogger(__name__)
 
 SERVICE = "aggregator"
+# Work is deadline-driven: documents are evaluated when an input changed something or when the next
+# deadline falls due (a value going stale, a refresh, a save, health), not on a fixed tick. Only the
+# extended profile's read_age changes continuously: it is re-evaluated every TICK_INTERVAL.
 TICK_INTERVAL = 2.0
+WAKE_SLACK = 0.01  # s after a staleness deadline: a value is fresh up to and including it
+MIN_WAKE = 0.005  # s; the soonest a deadline wakes the service (never a busy loop)
 HEALTH_INTERVAL = 30.0
 RECOVERY_WAIT = 2.0
 CONFLICT_LOG_INTERVAL = 600.0
@@ -72,6 +77,7 @@ class Aggregator:
             save_interval=self.cfg.save_interval,
             forget_after=self.cfg.forget_after,
             refresh=stale_after / 3,
+            controls=config.controls,
         )
         self.core = AggregatorCore(layout_from_config(self.cfg), settings, started=clock(), mono=mono_clock())
         self.store = StateStore(config.state_dir / f"aggregator-{self.cfg.instance}.json")
@@ -89,7 +95,10 @@ class Aggregator:
         self._persist_failing = False
         self._last_save: float | None = None
         self._last_health = 0.0
+        self._last_eval: float | None = None  # monotonic time documents were last evaluated
         self._clock_offset = self.clock() - self.mono_clock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -115,14 +124,15 @@ class Aggregator:
             self.core.settings.stale_after,
             self.store.path,
         )
+        self._loop = asyncio.get_running_loop()
+        self._schedule()
         try:
-            while not runtime.stop_event.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(runtime.stop_event.wait(), self.tick_interval)
-                self._tick()
+            await runtime.stop_event.wait()
         finally:
-            if self._settle_handle is not None:
-                self._settle_handle.cancel()
+            self._loop = None
+            for handle in (self._settle_handle, self._timer):
+                if handle is not None:
+                    handle.cancel()
             self._publish_health(self.clock())
             await runtime.stop()
             if self.core.dirty:  # after the broker connection is closed: nothing can change any more
@@ -158,13 +168,61 @@ class Aggregator:
         now, mono = self.clock(), self.mono_clock()
         self._watch_clock(now, mono)
         self._drops.flush(mono)
+        republish = bool(self._republish)
         for device_id in self._republish:
             self.core.publisher.forget(device_id)
         self._republish.clear()
-        if self.settled:
+        if self.settled and (republish or self._documents_due(mono)):
             self._commit(now)
+        elif self.core.save_due(mono, self._last_save):  # a save or health deadline: no document changed
+            self._persist(now, mono)
         if mono - self._last_health >= self.health_interval:
             self._publish_health(now)
+        self._schedule()
+
+    def _documents_due(self, mono: float) -> bool:
+        """Whether a document deadline passed since the last evaluation (staleness, refresh, read_age)."""
+        last = self._last_eval
+        if last is None:
+            return True
+        if self.cfg.profile == "extended" and mono - last >= self.tick_interval:
+            return True
+        change = self.core.next_change(last)
+        return change is not None and change <= mono
+
+    def _next_wake(self, mono: float) -> float:
+        """The monotonic time of the next deadline: health, a save, and once settled whatever makes a
+        document differ without input (core.next_change; read_age in the extended profile)."""
+        due = [self._last_health + self.health_interval]
+        if self.settled:  # _tick commits (and so saves) only then
+            save = self.core.save_at(self._last_save)
+            if save is not None:
+                due.append(save)
+            change = self.core.next_change(mono)
+            if change is not None:
+                due.append(change + WAKE_SLACK)
+            read = any(battery.last is not None for battery in self.core.batteries.values())
+            if self.cfg.profile == "extended" and self._last_eval is not None and read:
+                due.append(self._last_eval + self.tick_interval)
+        return min(due)
+
+    def _schedule(self, soonest: float = MIN_WAKE) -> None:
+        """(Re)arm the one timer for the next deadline; a no-op outside run() (tests drive _tick)."""
+        if self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        mono = self.mono_clock()
+        delay = soonest if self._republish else max(soonest, self._next_wake(mono) - mono)
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self._tick()
+        except Exception:  # the periodic work must go on: retried at the tick interval
+            _LOGGER.exception("unexpected error in the aggregator's periodic work")
+            self._schedule(soonest=self.tick_interval)
 
     def _watch_clock(self, now: float, mono: float) -> None:
         """Log a step of this host's wall clock once, with its size (counting goes on regardless)."""
@@ -221,6 +279,7 @@ class Aggregator:
         if kind == "state" and not payload:
             return  # an empty state changes nothing the gateway serves
         self._republish.add(device_id)
+        self._schedule()  # at once: nobody else's document stays served
         mono = self.mono_clock()
         last = self._foreign_logged.get(device_id)
         if last is None or mono - last >= FOREIGN_LOG_INTERVAL:
@@ -300,7 +359,10 @@ class Aggregator:
     def _commit(self, now: float) -> None:
         """Persist when a save is due, then publish what differs (nothing until recovery is done)."""
         mono = self.mono_clock()
-        outgoing = self.core.pending(now, mono) if self.settled else []
+        outgoing: list[Outgoing] = []
+        if self.settled:
+            outgoing = self.core.pending(now, mono)
+            self._last_eval = mono
         if self.core.save_due(mono, self._last_save):
             self._persist(now, mono)
         mqtt = self.runtime.mqtt
@@ -314,6 +376,7 @@ class Aggregator:
                 mqtt.publish(topic, item.payload, retain=True)
             else:
                 mqtt.clear_retained(topic)
+        self._schedule()
 
     def _persist(self, now: float, mono: float) -> None:
         self._last_save = mono

@@ -11,7 +11,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -22,6 +22,9 @@ from services.gateway.logs import LOG_CONFIG, LOG_INFO, LogFanout, log_frame
 from services.gateway.messages import frame_of
 from services.gateway.proto import pb
 from services.gateway.registry import Registry
+
+if TYPE_CHECKING:  # imported by the service only with controls = true (start-up time)
+    from services.gateway.controls import Controls
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -145,6 +148,7 @@ class Node(Protocol):
     bluetooth: BluetoothHub
     logs: LogFanout | None
     counters: Counters
+    controls: Controls | None  # None with controls = false
 
     def new_codec(self) -> Codec: ...
 
@@ -246,6 +250,7 @@ class ApiConnection(asyncio.Protocol):
             ids.BT_SET_MODE: self._on_bt_set_mode,
             ids.SET_KEY_REQUEST: self._on_set_key,
             ids.CAPABILITIES_REQUEST: self._on_capabilities,
+            ids.SWITCH_COMMAND: self._on_switch_command,
         }
         gatt = node.bluetooth.gatt
         if gatt is not None:  # the active Bluetooth proxy (services/gateway/gatt_proxy.py)
@@ -623,3 +628,13 @@ class ApiConnection(asyncio.Protocol):
 
     def _on_capabilities(self, payload: bytes) -> None:
         self.send_frames([self.node.capabilities_frame()])
+
+    def _on_switch_command(self, payload: bytes) -> None:
+        msg = _parse(pb.SwitchCommandRequest, payload)
+        controls = self.node.controls
+        if controls is None:  # nothing is switchable: no switch entity is listed
+            self.node.report_refusal(
+                "switch", "ignoring a switch command from %s: controls are off (controls = false)", self.peer
+            )
+            return
+        controls.command(int(msg.key), bool(msg.state), self.peer)

@@ -86,7 +86,10 @@ def device_payload(
     return {
         "dev": device,
         "o": {"name": ORIGIN, "sw": VERSION},
-        "cmps": {spec.key: component(spec, f"{uid}_{spec.key}") for spec in config.entities},
+        # Switches (opt-in controls) only through the ESPHome API: an MQTT switch needs a command topic.
+        "cmps": {
+            spec.key: component(spec, f"{uid}_{spec.key}") for spec in config.entities if spec.platform != "switch"
+        },
         "state_topic": state_topic,
         "qos": 1,
         "availability_mode": "all",

@@ -69,6 +69,10 @@ class Entity:
     def text(self) -> bool:
         return self.spec.platform == "text_sensor"
 
+    @property
+    def switch(self) -> bool:
+        return self.spec.platform == "switch"
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -181,6 +185,9 @@ def list_frame(entity: Entity, *, device_name: str | None = None) -> Frame:
     if entity.text:
         text = pb.ListEntitiesTextSensorResponse(**common)
         return Frame(ids.LIST_TEXT_SENSOR, text.SerializeToString())
+    if entity.switch:  # assumed_state false: HA shows the state we send, which is the read-back
+        switch = pb.ListEntitiesSwitchResponse(**common)
+        return Frame(ids.LIST_SWITCH, switch.SerializeToString())
     message = pb.ListEntitiesSensorResponse(
         **common,
         unit_of_measurement=spec.unit or "",
@@ -205,6 +212,13 @@ def state_frame(entity: Entity, value: Value, *, flat: bool = False) -> Frame:
         else:
             text.missing_state = True
         return Frame(ids.TEXT_SENSOR_STATE, text.SerializeToString())
+    if entity.switch:  # true/false only: a switch's state is never guessed from a number
+        switch = pb.SwitchStateResponse(key=entity.key, device_id=device_id)
+        if isinstance(value, bool):
+            switch.state = value
+        else:
+            switch.missing_state = True
+        return Frame(ids.SWITCH_STATE, switch.SerializeToString())
     if isinstance(value, str):
         value = None
     if entity.binary:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from services.gateway import messages as ids
 from services.gateway.bluetooth import BluetoothHub
@@ -21,6 +21,9 @@ from services.gateway.proto import pb
 from services.gateway.registry import Registry
 from services.gateway.throttle import ThrottledLog
 from shared.service import VERSION, RepeatFilter
+
+if TYPE_CHECKING:
+    from services.gateway.controls import Controls
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class GatewayServer:
         self.limits = limits or Limits()
         self.relist_delay = relist_delay
         self.counters = Counters()
+        self.controls: Controls | None = None  # set by the gateway with controls = true
         self.connections: set[ApiConnection] = set()
         self._flat_clients: set[ApiConnection] = set()
         self.port = 0

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.gateway.bluetooth import BluetoothHub, mode_request_payload
 from services.gateway.connection import Keepalive, Limits
@@ -23,6 +23,9 @@ from services.gateway.registry import Registry
 from services.gateway.server import GatewayServer, NodeInfo
 from shared.config import Config
 from shared.service import ServiceRuntime
+
+if TYPE_CHECKING:
+    from services.gateway.controls import Controls
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -98,6 +101,16 @@ class Gateway:
                 publish=lambda topic, payload: self.runtime.mqtt.publish(topic, payload, qos=1),
             )
             self.bluetooth.gatt = self.gatt_proxy
+        self.controls: Controls | None = None
+        if config.controls:  # imported only then: the device tables cost start-up time
+            from services.gateway.controls import Controls  # noqa: PLC0415
+
+            self.controls = Controls(
+                self.runtime.topics,
+                self.registry,
+                lambda topic, payload: self.runtime.mqtt.publish(topic, payload, qos=1),  # never retained
+                owner=f"gw-{self.runtime.boot_id[:12]}",
+            )
         self.keystore = KeyStore(config.gateway.api_key, config.state_dir, config.gateway.instance)
         self.discovery: Discovery | None = None
         if config.gateway.discovery:
@@ -155,6 +168,7 @@ class Gateway:
             limits=self.limits,
             relist_delay=self.relist_delay,
         )
+        self.server.controls = self.controls
         try:
             await self.server.start(cfg.bind, cfg.api_port)
         except OSError as exc:
@@ -171,7 +185,8 @@ class Gateway:
             ) from None
         proxy_filters = self.gatt_proxy.filters if self.gatt_proxy is not None else []
         discovery_filters = self.discovery.filters if self.discovery else []
-        for topic_filter, qos in self.inbound.filters + proxy_filters + discovery_filters:
+        control_filters = self.controls.filters if self.controls is not None else []
+        for topic_filter, qos in self.inbound.filters + proxy_filters + discovery_filters + control_filters:
             self.runtime.mqtt.subscribe(topic_filter, qos)
         await self.runtime.start()
         if cfg.mdns:
@@ -198,6 +213,8 @@ class Gateway:
             await self.mdns.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self.controls is not None:
+            self.controls.close()
         self._remove_log_handler()
         if self.server is not None:
             self.runtime.publish_health(self.health())
@@ -266,6 +283,8 @@ class Gateway:
 
     def _on_message(self, message: Any) -> None:
         if self.gatt_proxy is not None and self.gatt_proxy.handle_message(message):
+            return
+        if self.controls is not None and self.controls.handle_message(message):
             return
         self.inbound.handle(message)
         if self.discovery is not None:
