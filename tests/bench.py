@@ -275,7 +275,9 @@ How each figure is measured:
   CPU"). CPU is the scheduler's run time of every thread (/proc/<pid>/task/*/schedstat, ns), memory is
   RSS, PSS and USS from /proc/<pid>/smaps_rollup. `run_tree`: `renogy-proxy run` against an external
   broker, poll 120 s, one client, start-up CPU of the whole tree until the client holds all 55 states
-  and memory after 60 s (nothing else of the stack runs beside it; the benchmark's own client shares
+  (bytecode compiled beforehand, as pip and the Docker image install it; `without_bytecode`: the same
+  with every module of ours compiled at start, PYTHONDONTWRITEBYTECODE=1) and memory after 60 s
+  (nothing else of the stack runs beside it; the benchmark's own client shares
   the interpreter's pages, as Home Assistant on the same machine would not). `adverts`: CPU µs per
   forwarded advertisement (reader -> MQTT -> gateway -> client; reader, broker and gateway, not the
   client) at 10, 100 and 1,000 extra adverts/s from 2,000 distinct neighbours, over the stack's cost

@@ -23,9 +23,11 @@ import contextlib
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -471,12 +473,41 @@ async def resources_at(interval: float, window: float, tmp: Path) -> dict[str, A
     }
 
 
-async def run_tree(broker_url: str | None, settle: float, tmp: Path) -> dict[str, Any]:
+# Everything `renogy-proxy run` imports, for compile_bytecode's warm-up.
+STACK_MODULES = (
+    "services.cli",
+    "services.supervisor",
+    "services.reader.service",
+    "services.aggregator.service",
+    "services.gateway.service",
+    "services.simulator",
+)
+
+
+def compile_bytecode(prefix: Path) -> Path:
+    """Bytecode for every module the stack loads in a private PYTHONPYCACHEPREFIX, as an install has it
+    (pip and the Docker image compile at install). Without it a checkout run with PYTHONDONTWRITEBYTECODE=1
+    (the image's runtime setting, and CI sandboxes) compiles our ~150 modules again at every start."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(prefix)
+    root = Path(__file__).resolve().parent.parent
+    for argv in (
+        ["-m", "compileall", "-q", str(root / "services"), str(root / "shared")],
+        ["-c", "; ".join(f"import {name}" for name in STACK_MODULES)],  # the dependencies and stdlib
+    ):
+        subprocess.run([sys.executable, *argv], env=env, cwd=root, check=True, timeout=300)
+    return prefix
+
+
+async def run_tree(
+    broker_url: str | None, settle: float, tmp: Path, *, pycache: Path | None = None
+) -> dict[str, Any]:
     """`renogy-proxy run` as a user starts it (external broker unless None), one client subscribed.
 
     Start-up: wall time and the CPU the whole process tree spent until the client held all 55 states.
     Memory: RSS, PSS and USS of every process of the tree ``settle`` s after start (broker excluded
-    when it is external). Poll interval 120 s, simulator in real time.
+    when it is external). Poll interval 120 s, simulator in real time. ``pycache``: a bytecode prefix
+    from compile_bytecode (None: whatever this environment does).
     """
     from tests.proof.support import ENTITIES, ClientWatch
     from tests.support.brokers import free_port
@@ -490,6 +521,8 @@ async def run_tree(broker_url: str | None, settle: float, tmp: Path) -> dict[str
         "RENOGY_POLL_INTERVAL": "120",
         "RENOGY_LOG_LEVEL": "info",
     }
+    if pycache is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
     script = Path(sys.executable).parent / "renogy-proxy"
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
     argv += ["run", *(["--mqtt", broker_url] if broker_url else ["--broker-port", str(broker_port)])]
@@ -542,13 +575,42 @@ async def bench_footprint(quick: bool) -> dict[str, Any]:
     settle = 15.0 if quick else 60.0
     with tempfile.TemporaryDirectory() as tmp_text:
         tmp = Path(tmp_text)
+        prefix = compile_bytecode(tmp / "pycache")
         broker = await _broker(tmp)
         try:
-            tree_figures = await run_tree(broker.url, settle, tmp)
+            tree_figures = await run_tree(broker.url, settle, tmp, pycache=prefix)
         finally:
             await broker.stop()
+        # Start-up again with nothing of ours compiled (PYTHONDONTWRITEBYTECODE=1, no prefix): what a
+        # checkout without __pycache__ pays at every start. A fresh broker: no retained documents.
+        cold_tmp = tmp / "no-pyc"
+        cold_tmp.mkdir()
+        broker = await _broker(cold_tmp)
+        try:
+            with _env(PYTHONDONTWRITEBYTECODE="1"):
+                cold = await run_tree(broker.url, 0.0, cold_tmp)
+        finally:
+            await broker.stop()
+    tree_figures["bytecode"] = "compiled, as installed"
+    tree_figures["without_bytecode"] = {
+        key: cold[key] for key in ("start_to_55_states_s", "startup_cpu_s", "startup_cpu_s_total")
+    }
     adverts = await advert_cost((10, 100, 1000), 5.0 if quick else 30.0, 10.0)
     return {"run_tree": tree_figures, "adverts": adverts}
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:

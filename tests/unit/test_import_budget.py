@@ -17,6 +17,8 @@ import pytest
 AMQTT = ("amqtt", "websockets", "transitions", "passlib")
 CLIENT = ("aioesphomeapi", "aioesphomeapi.client", "aioesphomeapi.model", "aioesphomeapi.connection")
 CRYPTO = ("cryptography", "noise")
+# psutil only where a service asks it for more than its own RSS (the gateway's interfaces, a held port).
+PSUTIL = ("psutil",)
 # What `renogy-proxy` itself, the supervisor and the tools load before a command needs more.
 LIGHT = ("paho", "psutil", "importlib.metadata", "google.protobuf", "zeroconf", "bleak", "services.simulator")
 
@@ -26,13 +28,25 @@ BUDGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "supervisor": (("services.supervisor",), (*AMQTT, *CLIENT, *CRYPTO, *LIGHT)),
     "reader": (
         ("services.reader.service",),
-        (*AMQTT, *CLIENT, *CRYPTO, "google.protobuf", "zeroconf", "services.simulator", "services.gateway"),
+        (
+            *AMQTT,
+            *CLIENT,
+            *CRYPTO,
+            *PSUTIL,
+            "google.protobuf",
+            "zeroconf",
+            "services.simulator",
+            "services.gateway",
+        ),
     ),
     "aggregator": (
         ("services.aggregator.service",),
-        (*AMQTT, *CLIENT, *CRYPTO, "google.protobuf", "zeroconf", "bleak", "services.simulator"),
+        (*AMQTT, *CLIENT, *CRYPTO, *PSUTIL, "google.protobuf", "zeroconf", "bleak", "services.simulator"),
     ),
-    "gateway": (("services.gateway.service",), (*AMQTT, *CLIENT, *CRYPTO, "bleak", "services.simulator")),
+    "gateway": (
+        ("services.gateway.service",),
+        (*AMQTT, *CLIENT, *CRYPTO, *PSUTIL, "bleak", "services.simulator"),
+    ),
     "broker": (("services.broker", "amqtt.broker"), (*CLIENT, *CRYPTO, "bleak", "zeroconf")),
 }
 
