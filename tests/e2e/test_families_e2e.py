@@ -111,3 +111,63 @@ async def test_run_serves_every_family(mosquitto, tmp_path: Path) -> None:
             process.kill()
             await process.wait()
         log.close()
+
+
+async def test_load_switch_through_every_real_part(mosquitto, tmp_path: Path) -> None:
+    """controls = true: a real client's SwitchCommandRequest goes gateway -> MQTT -> reader -> simulated
+    Rover register 0x010A, and the switch state follows the read-back reading."""
+    port = free_port()
+    log = (tmp_path / "run.log").open("wb")
+    env = {**os.environ, "RENOGY_API_BIND": "127.0.0.1", "RENOGY_SIM_LATENCY_SCALE": "0.05"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "run", "--simulate", "--controls",
+        "--sim-devices", "battery:48,battery:49,controller:1,dcc:96",
+        "--api-port", str(port), "--state-dir", str(tmp_path / "state"), "--mqtt", mosquitto.url,
+        "--poll-interval", "5", "--no-mdns",
+        env=env, stdout=log, stderr=log,
+    )  # fmt: skip
+    topics = Topics()
+    results = topics.device_result(BT2, "controller", 1)
+    reading = topics.reading(BT2, 1, "controller")
+    client = APIClient("127.0.0.1", port, None)
+    try:
+        async with MqttProbe(mosquitto.url, results, reading) as probe:
+            entities, _ = await _snapshot(port, timeout=60)
+            switch = entities[f"{CONTROLLER}_load_switch"]
+            assert type(switch).__name__ == "SwitchInfo"
+            await client.connect(login=True)
+            states: dict[int, Any] = {}
+            changed = asyncio.Event()
+
+            def on_state(state: Any) -> None:
+                states[state.key] = state
+                changed.set()
+
+            client.subscribe_states(on_state)
+            async with asyncio.timeout(20):
+                while switch.key not in states:
+                    changed.clear()
+                    await changed.wait()
+            wanted = not states[switch.key].state
+            client.switch_command(switch.key, wanted)
+            async with asyncio.timeout(30):  # the next read-back, not the request, turns it
+                while states[switch.key].state != wanted:
+                    changed.clear()
+                    await changed.wait()
+            result = orjson.loads(probe.latest[results].payload)
+            assert result["ok"] is True and result["state"] is wanted, result
+            assert orjson.loads(probe.latest[reading].payload)["load_on"] is wanted
+    except BaseException:
+        print((tmp_path / "run.log").read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 2)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        log.close()
