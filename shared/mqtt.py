@@ -194,7 +194,7 @@ class MqttClient:
         self.connected.clear()
         if self._client.is_connected():
             self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        await asyncio.to_thread(_loop_stop, self._client)
         self.connected.clear()
 
     # --- API ---------------------------------------------------------------------------------
@@ -356,6 +356,16 @@ class MqttClient:
         if self.connected.is_set() and not self._stopping:
             _LOGGER.warning("lost MQTT broker %s (%s); reconnecting", self.address, reason)
         self.connected.clear()
+
+
+def _loop_stop(client: paho.Client) -> None:
+    """paho's loop_stop, without its race: the network thread clears ``_thread`` itself when it ends,
+    which can happen between loop_stop's None check and its join (AttributeError on None.join)."""
+    try:
+        client.loop_stop()
+    except AttributeError:
+        if getattr(client, "_thread", None) is not None:
+            raise  # not the race: the thread is still there
 
 
 def _wait_published(infos: list[paho.MQTTMessageInfo], timeout: float) -> None:

@@ -248,6 +248,9 @@ class Aggregator:
     def _dispatch(self, message: Message) -> None:
         # amqtt also sends retained messages of other clients' filters, so match every topic here.
         now = self.clock()
+        # Every input, not only the (now sparse) timer: a step and its correction between two timer
+        # wakes would otherwise go unlogged.
+        self._watch_clock(now, self.mono_clock())
         identity = self.topics.parse_reading(message.topic)
         if identity is not None:
             self._reading(message, identity[0], identity[1], now)

@@ -62,3 +62,28 @@ async def test_messages_reach_the_event_loop(broker) -> None:
         await asyncio.wait_for(done.wait(), 10)
     assert ("x/1", b"hello") in got
     await client.stop()
+
+
+async def test_stop_survives_pahos_loop_stop_race(broker) -> None:
+    """paho's network thread sets ``_thread = None`` when it ends; ending between loop_stop's None check
+    and its join raised AttributeError out of stop() (seen as a reader traceback at shutdown). The
+    interleaving is forced here: the comparison loop_stop makes right after its check ends the thread."""
+    client = MqttClient(MqttConfig(url=broker.url), "t-race")
+    await client.start()
+    assert await client.wait_connected(10)
+    paho_client = client._client
+    real_thread = paho_client._thread
+
+    class EndsOnCompare:
+        def __ne__(self, other: object) -> bool:
+            paho_client._thread_terminate = True
+            paho_client.disconnect()
+            real_thread.join(10)  # its finally clears paho_client._thread, as in the race
+            paho_client._thread = None
+            return True
+
+        __hash__ = object.__hash__
+
+    paho_client._thread = EndsOnCompare()
+    await client.stop()
+    assert not real_thread.is_alive()
