@@ -19,6 +19,15 @@ from shared.logsetup import setup_logging, version
 
 __all__ = ["COMMANDS", "CONFIG_ENV", "build_parser", "config_from", "main", "overrides_from"]
 
+def _id_ranges(text: str) -> list[int]:
+    from services.reader.bus_probe import parse_ids  # noqa: PLC0415
+
+    try:
+        return parse_ids(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--ids: ")) from None
+
+
 def _ids(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -29,6 +38,7 @@ def _ids(text: str) -> list[int]:
 # A setting-backed flag that means something particular in one command: a note after its help.
 NOTES: dict[tuple[str, str], str] = {
     ("scan", "simulator.enabled"): "scan: list the simulated BT-2 instead",
+    ("probe-bus", "simulator.enabled"): "probe-bus: probe the simulated bus instead",
     ("healthcheck", "gateway.api_port"): "healthcheck gateway: the API port to probe",
     ("migrate", "reader.bt2_address"): "migrate --energy: the BT-2 the imported totals belong to",
 }
@@ -167,6 +177,17 @@ DESCRIPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
             "RENOGY_SIMULATE=true renogy-proxy scan",
         ),
     ),
+    "probe-bus": (
+        "Connect to the BT-2 as the reader does and tell which kind (battery, controller, dcc, inverter) "
+        "answers at which slave id, by reading each family's model register; prints the reader.devices "
+        "line to paste. Reads only, one request at a time; a silent id costs one --timeout. Stop the "
+        "reader first (the BT-2 takes one connection). Exit 0 when a device was identified, 1 when none.",
+        (
+            "renogy-proxy probe-bus --bt2-address C4:64:E3:38:3D:0E",
+            "renogy-proxy probe-bus --ids 1-16,48-55 --timeout 1.5",
+            "renogy-proxy probe-bus --simulate --sim-devices battery:48,controller:1",
+        ),
+    ),
     "simulate-bluez": (
         "A private D-Bus system bus with a stand-in BlueZ (org.bluez) serving the BT-2 simulator, for "
         "running the reader on bleak's real BlueZ backend without hardware. Prints "
@@ -294,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     scan = _command(sub, "scan", "list nearby BT-2 modules")
     scan.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="seconds to scan (default %(default)s)"
+    )
+
+    probe = _command(sub, "probe-bus", "which device kind answers at which slave id of the BT-2's bus")
+    probe.add_argument(
+        "--ids",
+        type=_id_ranges,
+        default=None,
+        metavar="IDS",
+        help="slave ids to probe, e.g. 1-16,32,48-63 (default 255,1-16,32,48-63,96,247)",
+    )
+    probe.add_argument(
+        "--timeout",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="deadline of one read in seconds: what a silent id costs (default %(default)s)",
     )
 
     _command(sub, "simulate-bluez", "a private system bus with a stand-in BlueZ serving the simulator")
@@ -459,6 +496,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_probe_bus(args: argparse.Namespace) -> int:
+    from services.tools import probe_bus  # noqa: PLC0415
+
+    if not 0.05 <= args.timeout <= 30:
+        print(f"error: --timeout {args.timeout:g} is outside 0.05..30 s", file=sys.stderr)
+        return 2
+    config = config_from(args)
+    setup_logging(config.log_level, "probe-bus")
+    _warn_unknown_variables()
+    return asyncio.run(probe_bus(config, ids=args.ids, timeout=args.timeout))
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from services.config_check import check  # noqa: PLC0415
 
@@ -525,6 +574,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "broker": cmd_broker,
     "decode": cmd_decode,
     "scan": cmd_scan,
+    "probe-bus": cmd_probe_bus,
     "keygen": cmd_keygen,
     "simulate-bluez": cmd_simulate_bluez,
     "status": cmd_status,

@@ -194,19 +194,19 @@ class ReaderConfig:
     adapter: str = setting(
         "hci0", "RENOGY_ADAPTER", "Bluetooth adapter the reader owns",
         cli=("--adapter",),
-        commands=(*CLI_READER, "scan"),
+        commands=(*CLI_READER, "scan", "probe-bus"),
         metavar="HCI",
     )
     bt2_address: str | None = setting(
         None, "RENOGY_BT2_ADDRESS", "BT-2 MAC address (skips the name scan)",
         cli=("--bt2-address",),
-        commands=(*CLI_READER, "migrate"),
+        commands=(*CLI_READER, "migrate", "probe-bus"),
         metavar="MAC",
     )
     bt2_name: str | None = setting(
         None, "RENOGY_BT2_NAME", "BT-2 advertised name, e.g. BT-TH-E3383D0E (first BT-TH-* found when unset)",
         cli=("--bt2-name",),
-        commands=CLI_READER,
+        commands=(*CLI_READER, "probe-bus"),
         metavar="NAME",
     )
     batteries: list[int] = setting(
@@ -285,7 +285,7 @@ class ReaderConfig:
         "RENOGY_BLE_BACKEND",
         "Custom bleak client backend as module:Class (scanner: module:Class of the scanner)",
         cli=("--ble-backend",),
-        commands=CLI_READER,
+        commands=(*CLI_READER, "probe-bus"),
         metavar="MODULE:CLASS",
     )
     current_scale: str = setting(
@@ -318,7 +318,7 @@ class SimulatorConfig:
     enabled: bool = setting(
         False, "RENOGY_SIMULATE", "Use the built-in BT-2 simulator instead of Bluetooth",
         cli=("--simulate",),
-        commands=(*CLI_READER, "scan"),
+        commands=(*CLI_READER, "scan", "probe-bus"),
     )
     batteries: list[int] = setting(
         [48, 49, 50, 51], "RENOGY_SIM_BATTERIES", "Slave ids of simulated batteries",
@@ -332,7 +332,7 @@ class SimulatorConfig:
         "entries replace simulator.batteries, and a reader on the simulator reads exactly these unless "
         "reader.batteries or reader.devices is given",
         cli=("--sim-devices",),
-        commands=CLI_READER,
+        commands=(*CLI_READER, "probe-bus"),
         metavar="KIND:ID,...",
     )
     address: str = setting(
@@ -579,7 +579,7 @@ class Config:
     log_level: str = setting(
         "info", "RENOGY_LOG_LEVEL", "Log level", choices=("debug", "info", "warning", "error"),
         cli=("--log-level",),
-        commands=(*CLI_COMMON, "scan"),
+        commands=(*CLI_COMMON, "scan", "probe-bus"),
     )
     controls: bool = setting(
         False,
