@@ -167,7 +167,8 @@ def _dpkg_installed(package: str) -> bool:
     done = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Status}", package], capture_output=True, text=True, check=False
     )
-    return done.returncode == 0 and done.stdout.endswith("installed")
+    # "unknown ok not-installed" also ends with "installed": only the third word says it.
+    return done.returncode == 0 and done.stdout.split()[-1:] == ["installed"]
 
 
 @dataclass
