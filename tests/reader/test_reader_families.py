@@ -38,6 +38,15 @@ def _command(state: bool, command_id: str) -> bytes:
     return orjson.dumps(command_payload("load_switch", state, command_id, time.time() + 30))
 
 
+async def _reader_subscribed(probe: MqttProbe) -> None:
+    """The reader publishes its state after sending its SUBSCRIBEs on the same connection, and the broker
+    handles one connection's packets in order: once the probe sees that state, a command is delivered.
+    (Without this wait a command published at once raced the reader's subscription and was lost.)"""
+    await probe.wait_for(
+        lambda: TOPICS.bridge_state("reader", "default") in probe.latest, what="the reader's state"
+    )
+
+
 @asynccontextmanager
 async def _running(reader: Reader) -> AsyncIterator[None]:
     """The reader's own poll loop in the background (commands then also arrive between cycles)."""
@@ -98,6 +107,7 @@ async def test_control_off_answers_controls_disabled(mosquitto) -> None:
         probe,
     ):
         await reader.cycle()
+        await _reader_subscribed(probe)
         probe.publish(TOPICS.device_command(BT2, "controller", 1), _command(False, "off-2"))
         (_message, result), *_ = await probe.wait_for(lambda: _results(probe, "controller", 1), what="result")
         assert result.reason == "controls_disabled" and result.command_id == "off-2"
@@ -136,6 +146,7 @@ async def test_a_refused_write_is_device_refused(mosquitto) -> None:
         ) as (reader, _sim, probe),
         _running(reader),
     ):
+        await _reader_subscribed(probe)
         probe.publish(TOPICS.device_command(BT2, "controller", 96), _command(True, "on-96"))
         (_m, result), *_ = await probe.wait_for(lambda: _results(probe, "controller", 96), what="result")
     assert result.reason == "device_refused" and "exception 0x02" in result.detail, result
