@@ -271,6 +271,23 @@ class BatteryView:
         value = self.status.get(key)
         return None if value is None else bool(value)
 
+    # The reader's status flags by name, so that the entity table names them like any other value.
+    @property
+    def fully_charged(self) -> bool | None:
+        return self.flag("fully_charged")
+
+    @property
+    def heater_on(self) -> bool | None:
+        return self.flag("heater_on")
+
+    @property
+    def charge_mosfet_on(self) -> bool | None:
+        return self.flag("charge_mosfet_on")
+
+    @property
+    def discharge_mosfet_on(self) -> bool | None:
+        return self.flag("discharge_mosfet_on")
+
 
 def _sum(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, cast, get_args
 
 from shared.payloads import MAX_TEXT_VALUE, EntitySpec, Platform, StateValue
 from shared.registers import BlockError, Value
@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 DeviceKind = Literal["battery", "controller", "dcc", "inverter", "shunt"]
-KINDS: Final[tuple[DeviceKind, ...]] = ("battery", "controller", "dcc", "inverter", "shunt")
+# The one list of kinds (shared.topics.READING_KINDS and shared.config.BUS_KINDS repeat it: they
+# cannot import this package cheaply, tests/devices/test_kinds.py checks that they agree).
+KINDS: Final[tuple[DeviceKind, ...]] = get_args(DeviceKind)
 Cadence = Literal["cycle", "info", "notify"]
 # u16/s16: one register; u32/s32: two registers, high word first; sm8: a sign-magnitude byte (bit 7 =
 # minus) selected by ``shift``; ascii: ``words`` registers of text, NUL/space padded.
@@ -106,7 +108,8 @@ class BitTable:
 @dataclass(frozen=True, slots=True)
 class EntityDef:
     """A Home Assistant entity as data. ``value`` is a decoded field name or a small pure function of
-    the decoded reading; ``extended`` entities exist only in the extended profile."""
+    the decoded reading (the battery family's name attributes of the aggregator's views instead, see
+    shared/devices/battery.py); ``extended`` entities exist only in the extended profile."""
 
     key: str
     name: str
@@ -133,6 +136,11 @@ class EntityDef:
             entity_category=self.category,
             platform=self.platform,
         )
+
+    @property
+    def energy(self) -> bool:
+        """An energy counter: published rounded down, so a retained copy never exceeds the counter."""
+        return self.device_class == "energy"
 
     def compute(self, reading: Mapping[str, Value]) -> StateValue:
         raw = self.value(reading) if callable(self.value) else reading.get(self.value)

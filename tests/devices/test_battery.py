@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import orjson
+
 from services.aggregator import entities
+from services.aggregator.banks import Layout
+from services.aggregator.core import AggregatorCore, Settings
+from services.aggregator.model import BankView, BatteryView
 from services.simulator.models import BatteryModel
 from services.simulator.physics import BankPhysics, default_packs
 from shared import registers
-from shared.devices import FAMILIES, decode, read_plan
-from shared.devices.battery import ENTITY_TABLE, HUB_SLAVE_IDS
+from shared.devices import FAMILIES, decode, read_plan, reading_payload
+from shared.devices.battery import BANK_ENTITIES, HUB_SLAVE_IDS
+from shared.payloads import PLATFORMS, STATE_CLASSES, parse_reading
 from shared.registers import Family
-from tests.devices.contract import FamilyContract, load_vectors, vector_registers
+from tests.devices.contract import START, FamilyContract, load_vectors, vector_registers
 
 BATTERY = FAMILIES["battery"]
 
@@ -22,14 +28,31 @@ class TestBattery(FamilyContract):
     kind = "battery"
     make_model = _model
 
-    # Battery entities live in services/aggregator/entities.py (computed from the bank view) until a
-    # later wave moves them; these two contract checks are replaced by the ones below.
+    # Battery entity values name attributes of the aggregator's views, not decoded fields (see
+    # shared/devices/battery.py): these two contract checks are replaced by ones over the views.
     def test_every_entity_computable_from_a_simulated_reading(self) -> None:
-        module, name = ENTITY_TABLE.split(":")
-        assert getattr(entities, name) is entities.BATTERY and module == entities.__name__
+        assert tuple(e.definition for e in entities.BATTERY) == BATTERY.entities
+        assert tuple(e.definition for e in entities.BANK) == BANK_ENTITIES
+        core = AggregatorCore(Layout(), Settings(profile="extended"), started=START)
+        values, _ = self.sim_reading(self.model(), START)
+        body = reading_payload(BATTERY, bt2="aabbccddeeff", slave_id=0x30, ts=START, values=values)
+        core.accept(parse_reading(orjson.dumps(body)), START)
+        view = core.view(core.batteries["battery_48"], START)
+        for entity in entities.BATTERY:
+            kind = {"sensor": (int, float), "binary_sensor": bool, "text_sensor": str}[entity.platform]
+            value = entity.value(view)
+            assert value is None or isinstance(value, kind), f"{entity.key} = {value!r}"
+            assert value is not None or entity.extended, f"{entity.key} unknown from {sorted(values)}"
 
     def test_entities_are_well_formed(self) -> None:
-        assert BATTERY.entities == ()
+        for table, view in ((BATTERY.entities, BatteryView), (BANK_ENTITIES, BankView)):
+            for entity in table:
+                assert entity.platform in PLATFORMS and (entity.state_class or "") in STATE_CLASSES
+                if entity.device_class == "energy":
+                    assert entity.unit == "kWh" and entity.state_class == "total_increasing", entity.key
+                if entity.platform != "sensor":
+                    assert entity.unit is None and entity.state_class is None, entity.key
+                assert isinstance(entity.value, str) and hasattr(view, entity.value), entity.key
 
 
 def test_default_profile_for_four_batteries_stays_55_entities() -> None:
