@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import orjson
 
@@ -139,14 +139,9 @@ def service_max_age(service: str, config: Config, health: Mapping[str, Any] | No
     """How old a service's newest state/health may be before it counts as stale."""
     if service != "reader":
         return MISSED_BEATS * SERVICE_HEALTH_INTERVAL
-    poll = _number(health, "poll_interval")
     reader = config.reader
     # One cycle may include a full scan and a connect attempt on top of the poll interval.
-    return (
-        _poll_horizon(reader.poll_interval if poll is None else poll)
-        + reader.scan_timeout
-        + reader.connect_timeout
-    )
+    return _horizon(health, config, None) + reader.scan_timeout + reader.connect_timeout
 
 
 def _service_row(
@@ -285,23 +280,16 @@ def evaluate(
     reader_health = {
         str(h.get("bt2")): h for (service, _), h in healths.items() if service == "reader" and h.get("bt2")
     }
+
+    def horizon(bt2: str) -> float:
+        return _horizon(reader_health.get(bt2), config, max_age)
+
     batteries = [
-        _battery_row(
-            bt2, slave, reading=body, health=reader_health.get(bt2), config=config, now=now, max_age=max_age
-        )
+        _battery_row(bt2, slave, reading=body, health=reader_health.get(bt2), horizon=horizon(bt2), now=now)
         for (bt2, slave), body in sorted(readings.items())
     ]
     devices = [
-        _device_row(
-            kind,
-            bt2,
-            slave,
-            reading=body,
-            health=reader_health.get(bt2),
-            config=config,
-            now=now,
-            max_age=max_age,
-        )
+        _too_old(DeviceRow(kind, bt2, slave, _since(body, now), horizon(bt2)))
         for (kind, bt2, slave), body in sorted(others.items())
     ]
     problems = [p for row in services for p in row.problems] + [p for row in batteries for p in row.problems]
@@ -366,23 +354,20 @@ def _horizon(health: Mapping[str, Any] | None, config: Config, max_age: float | 
     return _poll_horizon(config.reader.poll_interval if poll is None else poll)
 
 
-def _device_row(
-    kind: str,
-    bt2: str,
-    slave: int,
-    *,
-    reading: Mapping[str, Any],
-    health: Mapping[str, Any] | None,
-    config: Config,
-    now: float,
-    max_age: float | None,
-) -> DeviceRow:
+def _since(reading: Mapping[str, Any], now: float) -> float:
+    """Seconds since the reading was taken (infinite without a time)."""
     ts = _number(reading, "ts")
-    row = DeviceRow(kind, bt2, slave, max(0.0, now - ts) if ts is not None else float("inf"), 0.0)
-    row.max_age_s = _horizon(health, config, max_age)
+    return max(0.0, now - ts) if ts is not None else float("inf")
+
+
+_RowT = TypeVar("_RowT", BatteryRow, DeviceRow)
+
+
+def _too_old(row: _RowT, hint: str = "") -> _RowT:
+    """The row, with a problem when its last reading is older than it may be."""
     if row.age_s > row.max_age_s:
         row.problems.append(
-            f"{row.name}: last reading {row.age_s:.0f} s old, more than {row.max_age_s:.0f} s"
+            f"{row.name}: last reading {row.age_s:.0f} s old, more than {row.max_age_s:.0f} s{hint}"
         )
     return row
 
@@ -393,18 +378,10 @@ def _battery_row(
     *,
     reading: Mapping[str, Any],
     health: Mapping[str, Any] | None,
-    config: Config,
+    horizon: float,
     now: float,
-    max_age: float | None,
 ) -> BatteryRow:
-    poll = _number(health, "poll_interval")
-    limit = (
-        max_age
-        if max_age is not None
-        else _poll_horizon(config.reader.poll_interval if poll is None else poll)
-    )
-    ts = _number(reading, "ts")
-    row = BatteryRow(bt2, slave, max(0.0, now - ts) if ts is not None else float("inf"), limit)
+    row = BatteryRow(bt2, slave, _since(reading, now), horizon)
     row.complete = reading.get("complete") is not False
     voltage, current = _number(reading, "voltage"), _number(reading, "current")
     remaining, capacity = _number(reading, "remaining_charge"), _number(reading, "capacity")
@@ -417,12 +394,7 @@ def _battery_row(
     if isinstance(per_battery, dict) and isinstance(per_battery.get(str(slave)), dict):
         quality = per_battery[str(slave)].get("link_quality")
         row.link_quality = quality if isinstance(quality, int) else None
-    if row.age_s > limit:
-        row.problems.append(
-            f"{row.name}: last reading {row.age_s:.0f} s old, more than {limit:.0f} s "
-            "(out of range, wrong slave id, or the reader is stuck?)"
-        )
-    return row
+    return _too_old(row, " (out of range, wrong slave id, or the reader is stuck?)")
 
 
 # --- rendering ------------------------------------------------------------------------------------
