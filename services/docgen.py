@@ -23,6 +23,7 @@ SYMBOLIC_DEFAULTS = {"state_dir": "$XDG_STATE_HOME/renogy-proxy, else ~/.local/s
 
 # Example values for keys whose default is "unset"; secrets get placeholders that do not load.
 EXAMPLES: dict[str, Any] = {
+    "reader.shunt_address": "4C:E1:74:53:48:30",
     "state_dir": "/var/lib/renogy-proxy",
     "mqtt.username": "renogy",
     "mqtt.password": "<password>",

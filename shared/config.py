@@ -133,6 +133,11 @@ def _check_ca_file(path: Path) -> None:
         raise ValueError(f"{path} holds no usable PEM certificate ({exc.reason or exc})") from None
 
 
+def _check_mac(address: str) -> None:
+    if not _MAC_RE.match(address):
+        raise ValueError(f"{address!r} is not a MAC address")
+
+
 def _check_output_file(path: Path) -> None:
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a file")
@@ -222,6 +227,15 @@ class ReaderConfig:
         cli=("--devices",),
         commands=CLI_READER,
         metavar="KIND:ID,...",
+    )
+    shunt_address: str | None = setting(
+        None, "RENOGY_SHUNT_ADDRESS",
+        "MAC address of a Renogy Smart Shunt 300 (RTMShunt300*) to read over its own BLE connection, "
+        "published as renogy/bt2/<its address>/shunt/0/reading at most once per poll interval (unset: no shunt)",
+        cli=("--shunt-address",),
+        commands=CLI_READER,
+        metavar="MAC",
+        check=_check_mac,
     )
     poll_interval: float = setting(
         30.0, "RENOGY_POLL_INTERVAL", "Seconds from cycle start to cycle start (0 = back to back)", minimum=0,
@@ -334,6 +348,13 @@ class SimulatorConfig:
         cli=("--sim-devices",),
         commands=(*CLI_READER, "probe-bus"),
         metavar="KIND:ID,...",
+    )
+    shunt: bool = setting(
+        False, "RENOGY_SIM_SHUNT",
+        "Simulate a Smart Shunt 300 on the battery bank (its own BLE device, RTMShunt300*, at "
+        "reader.shunt_address when set); a reader on the simulator reads it",
+        cli=("--sim-shunt",),
+        commands=CLI_READER,
     )
     address: str = setting(
         "C4:64:E3:38:3D:0E",

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
@@ -41,6 +41,7 @@ from services.reader.proxy_connections import ProxyConnections
 from services.reader.readings import BatteryCycle, DeviceCycle, Identity
 from services.reader.recovery import Backoff, Watchdog
 from services.reader.scanner import Scanner
+from services.reader.shunt import ShuntReader
 from services.reader.stats import ReaderStats
 from shared.config import Config
 from shared.controls import Reason, Result, Target, check_command
@@ -49,6 +50,9 @@ from shared.mqtt import Message
 from shared.payloads import PayloadError, dumps, loads_object
 from shared.service import ServiceRuntime
 from shared.topics import SCHEMA, bt2_id
+
+if TYPE_CHECKING:
+    from services.simulator.shunt import ShuntPeripheral
 
 # A refused command is logged once per this many seconds (and kind of refusal): the result topic
 # carries every one, the log only says that they keep coming.
@@ -118,6 +122,25 @@ class Reader:
             request_stop=self.runtime.request_stop,
             before_connect=self.proxy.yield_adapter if self.proxy is not None else None,
         )
+        # The Smart Shunt (reader.shunt_address, or the simulator's with simulator.shunt): its own
+        # connection in its own task, started with the service.
+        self.sim_shunt: ShuntPeripheral | None = None
+        self.shunt: ShuntReader | None = None
+        self._shunt_task: asyncio.Task[None] | None = None
+        address = self.cfg.shunt_address
+        if address is None and backends.simulator is not None and config.simulator.shunt:
+            from services.simulator import SIM_SHUNT_ADDRESS  # noqa: PLC0415 - keeps the simulator optional
+
+            address = SIM_SHUNT_ADDRESS
+        if address:
+            self.shunt = ShuntReader(
+                address,
+                interval=self.cfg.poll_interval,
+                publish=self._publish_device_reading,
+                backend=backends.proxy_client or backends.client,
+                find_device=self.scanner.device,
+                connect_timeout=self.cfg.connect_timeout,
+            )
 
     # The poller's state, under the names tests, benchmarks and `status` have always used.
 
@@ -190,10 +213,36 @@ class Reader:
             self.adapter_address = await adapter_ops.adapter_address(self.cfg.adapter)
         await self.scanner.start()
         self.airtime.start(self.runtime.stop_event)
+        self._start_shunt()
         # At once, so `healthcheck reader` and `status` see an adapter that cannot work before a cycle ends.
         self._publish_health()
 
+    def _start_shunt(self) -> None:
+        if self.shunt is None:
+            return
+        sim = self.backends.simulator
+        if sim is not None and self.config.simulator.shunt and self.sim_shunt is None:
+            from services.simulator import simulated_shunt  # noqa: PLC0415
+            from services.simulator.devices import register_peripheral  # noqa: PLC0415
+
+            self.sim_shunt = simulated_shunt(sim, self.shunt.address)
+            register_peripheral(self.sim_shunt)
+        self._shunt_task = asyncio.create_task(self.shunt.run(self.runtime.stop_event), name="shunt")
+
+    async def _stop_shunt(self) -> None:
+        task, self._shunt_task = self._shunt_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.sim_shunt is not None:
+            from services.simulator.devices import unregister_peripheral  # noqa: PLC0415
+
+            unregister_peripheral(self.sim_shunt)
+            self.sim_shunt = None
+
     async def shutdown(self) -> None:
+        await self._stop_shunt()
         if self.proxy is not None:
             await self.proxy.close()
         if self.link is not None:
@@ -244,13 +293,13 @@ class Reader:
         self._outbox_put(self.topics.reading(reading.bt2, reading.slave_id), dumps(payload))
 
     def _publish_device_reading(self, reading: DeviceCycle) -> None:
-        """A controller's, DC-DC charger's or inverter's reading: the same outbox, in the same order."""
+        """A controller's, DC-DC charger's, inverter's or shunt's reading: the same outbox, in order."""
         topic = self.topics.reading(reading.bt2, reading.slave_id, reading.family.kind)
         self._outbox_put(topic, dumps(reading.payload(self.runtime.boot_id)))
 
     def _outbox_put(self, topic: str, payload: bytes) -> None:
         if self._outbox is None:
-            devices = len(self.cfg.batteries) + len(self.poller.devices)
+            devices = len(self.cfg.batteries) + len(self.poller.devices) + (self.shunt is not None)
             capacity = capacity_for(self.cfg.outage_buffer, self.cfg.poll_interval, devices)
             self._outbox = Outbox(self.runtime.mqtt, capacity)
             self._outbox.gated = True  # a backlog waits for the aggregator after a reconnect
@@ -339,6 +388,7 @@ class Reader:
             },
             "late_replies": self.link.late_replies if self.link else 0,
             "proxy": self.proxy.health() if self.proxy is not None else None,
+            "shunt": self.shunt.health() if self.shunt is not None else None,
             "outbox": self._outbox.health() if self._outbox is not None else None,
             # What `healthcheck reader` judges: can it use the adapter, and how long without a good reading.
             "adapter_problem": self._adapter_problem(),

@@ -20,7 +20,7 @@ from .adverts import (
 )
 from .backend import SimBT2Client
 from .bank import Action, BankSimulator, LinkDrop, Notification, default_clock
-from .config import DEFAULT_ADDRESS, DEFAULT_BATTERIES, SimConfig
+from .config import DEFAULT_ADDRESS, DEFAULT_BATTERIES, SIM_SHUNT_ADDRESS, SimConfig
 from .faults import (
     ADAPTER_NO_BLUEZ,
     ADAPTER_NO_DBUS,
@@ -50,6 +50,7 @@ from .registry import (
     unregister_simulator,
 )
 from .scanner import SimScanner, advert_interval, advertisements
+from .shunt import ShuntPeripheral, shunt_name, simulated_shunt
 from .truth import FaultRecord, TruthRecord, TruthRecorder
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "NOTIFY_CHAR_UUID",
     "NOTIFY_SERVICE_UUID",
     "REQUEST_FAULTS",
+    "SIM_SHUNT_ADDRESS",
     "WRITE_CHAR_HANDLE",
     "WRITE_CHAR_UUID",
     "WRITE_SERVICE_UUID",
@@ -81,6 +83,7 @@ __all__ = [
     "PackReading",
     "PackSpec",
     "ParsedAd",
+    "ShuntPeripheral",
     "SimAdvertisement",
     "SimBT2Client",
     "SimConfig",
@@ -100,6 +103,8 @@ __all__ = [
     "register_simulator",
     "registered",
     "registered_simulators",
+    "shunt_name",
+    "simulated_shunt",
     "simulator_for",
     "unregister_simulator",
 ]

@@ -12,6 +12,8 @@ from .faults import ALL_FAULT_KINDS, FaultKind
 
 DEFAULT_ADDRESS = "C4:64:E3:38:3D:0E"
 DEFAULT_BATTERIES = (48, 49, 50, 51)
+# The simulated Smart Shunt 300 (simulator.shunt): a BLE device of its own, not on the bus.
+SIM_SHUNT_ADDRESS = "4C:E1:74:53:48:30"
 # Kinds that answer Modbus beside the batteries (the shunt is a BLE device of its own).
 DEVICE_KINDS = ("controller", "dcc", "inverter")
 

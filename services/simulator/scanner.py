@@ -166,7 +166,9 @@ class SimScanner(BaseBleakScanner):
         for peripheral in registered_peripherals():
             entry = self._peripherals.get(id(peripheral))
             if entry is None or entry[0] is not peripheral:
-                source = _Source(peripheral.address, 1.0, peripheral.advertisement, peripheral.rssi, peripheral)
+                source = _Source(
+                    peripheral.address, 1.0, peripheral.advertisement, peripheral.rssi, peripheral
+                )
                 entry = self._peripherals[id(peripheral)] = (peripheral, source)
             out.append(entry)
         return out

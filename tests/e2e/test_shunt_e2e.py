@@ -1,0 +1,115 @@
+"""`renogy-proxy run --simulate --sim-devices battery:48 --sim-shunt`: the reader reads the simulated
+Smart Shunt 300 over its own BLE connection, and a real aioesphomeapi client lists the shunt's entities
+with the values the reader published."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aioesphomeapi import APIClient, EntityInfo
+
+from services.simulator import SIM_SHUNT_ADDRESS
+from shared.devices.shunt import SHUNT
+from shared.topics import Topics, bt2_id
+from tests.support.brokers import free_port
+from tests.support.probe import MqttProbe
+
+SHUNT_ID = bt2_id(SIM_SHUNT_ADDRESS)
+REF = f"shunt_{SHUNT_ID}_0"
+SERVED = [e.key for e in SHUNT.entities if not e.extended]
+
+
+async def _snapshot(port: int, timeout: float) -> tuple[dict[str, EntityInfo], dict[int, Any]]:
+    """The shunt's entities by object id and their states, once the gateway lists them all."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        client = APIClient("127.0.0.1", port, None)
+        try:
+            async with asyncio.timeout(max(0.5, min(5.0, deadline - time.monotonic()))):
+                await client.connect(login=True)
+                entities, _ = await client.list_entities_services()
+                by_id = {e.object_id: e for e in entities}
+                wanted = {f"{REF}_{key}" for key in SERVED} | {"battery_48_battery_level"}
+                if not wanted <= set(by_id):
+                    raise AssertionError(f"not every entity listed yet: {sorted(by_id)[:8]}...")
+                states: dict[int, Any] = {}
+                done = asyncio.Event()
+
+                def on_state(
+                    state: Any,
+                    states: dict[int, Any] = states,
+                    done: asyncio.Event = done,
+                    wanted: int = len(by_id),
+                ) -> None:
+                    states[state.key] = state
+                    if len(states) >= wanted:
+                        done.set()
+
+                client.subscribe_states(on_state)
+                await done.wait()
+                return by_id, states
+        except (Exception, TimeoutError) as exc:  # not up yet: try again until the deadline
+            last = exc
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), 2)
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the gateway did not serve the shunt: {last!r}")
+
+
+async def test_run_serves_the_shunt(mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+    log = (tmp_path / "run.log").open("wb")
+    env = {**os.environ, "RENOGY_API_BIND": "127.0.0.1", "RENOGY_SIM_LATENCY_SCALE": "0.05"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "run", "--simulate",
+        "--sim-devices", "battery:48", "--sim-shunt",
+        "--api-port", str(port), "--state-dir", str(tmp_path / "state"), "--mqtt", mosquitto.url,
+        "--poll-interval", "2", "--no-mdns",
+        env=env, stdout=log, stderr=log,
+    )  # fmt: skip
+    topic = Topics().reading(SHUNT_ID, 0, "shunt")
+    try:
+        async with MqttProbe(mosquitto.url, topic) as probe:
+            entities, states = await _snapshot(port, timeout=60)
+            assert all(entities[f"{REF}_{key}"].key in states for key in SERVED), (
+                "a shunt entity without a state"
+            )
+            keys = {key: entities[f"{REF}_{key}"].key for key in ("voltage", "current", "battery_level")}
+            fields = {"voltage": "voltage", "current": "current", "battery_level": "soc"}
+
+            async def agree() -> bool:
+                _entities, now = await _snapshot(port, timeout=20)
+                published = orjson.loads(probe.latest[topic].payload)
+                return all(
+                    abs(float(now[keys[key]].state) - float(published[field])) < 0.006
+                    for key, field in fields.items()
+                )
+
+            await probe.wait_for(lambda: topic in probe.latest, what="a shunt reading")
+            deadline = time.monotonic() + 30
+            while not await agree():  # the bank moves; wait until both sides show one reading
+                assert time.monotonic() < deadline, "the API's shunt values never equalled the published ones"
+            voltage = float(orjson.loads(probe.latest[topic].payload)["voltage"])
+            assert 40.0 < voltage < 60.0  # the simulated 48 V battery bank
+    except BaseException:
+        print((tmp_path / "run.log").read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        log.close()
