@@ -32,10 +32,10 @@ from shared.timing import TimingModel, notification_count
 
 from .config import SimConfig
 from .faults import Fault, FaultInjector, FaultKind
-from .models import ControllerModel, DccModel, DeviceModel, InverterModel, SimBank, WriteRefused
+from .models import ControllerModel, DccModel, DeviceModel, InverterModel, WriteRefused
 from .models import read as model_read
 from .models import write as model_write
-from .physics import BankPhysics, PackSpec, default_packs
+from .physics import NOMINAL_CELL_VOLTS, BankPhysics, PackSpec, default_packs
 from .truth import FaultRecord, TruthRecord, TruthRecorder
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class BankSimulator:
         self.physics = BankPhysics(
             tuple(self.packs.values()), seed=cfg.seed, start=cfg.sim_start, step=cfg.physics_step
         )
-        self.devices: dict[int, DeviceModel] = device_models(cfg)
+        self.devices: dict[int, DeviceModel] = device_models(cfg, self.physics)
         self.faults = FaultInjector(cfg.fault_rate, cfg.fault_kinds, cfg.seed)
         self.truth = TruthRecorder(
             enabled=cfg.record_truth, max_records=cfg.max_truth_records, log_path=cfg.truth_log
@@ -427,18 +427,23 @@ class BankSimulator:
         self.truth.record_fault(record)
 
 
-def device_models(config: SimConfig) -> dict[int, DeviceModel]:
-    """The non-battery devices of ``config`` by slave id. The controller and DC-DC charger share one
-    12 V house bank, the inverter has its own 48 V one: neither is the simulated battery bank (its
-    physics runs on its own), so their state of charge is an approximation of their own."""
-    house = SimBank(200.0, 0.6, cells=4)
+def device_models(config: SimConfig, physics: BankPhysics) -> dict[int, DeviceModel]:
+    """The non-battery devices of ``config`` by slave id. Controllers and DC-DC chargers are wired to
+    the simulated packs (``physics``): what they deliver and their loads draw flows through the packs,
+    and they report the packs' voltage and charge. A controller is the bank's panels (the profile's
+    own solar current stops; its house load stays), sized to give what that solar gave. The
+    inverter keeps a 48 V bank of its own."""
     models: dict[int, DeviceModel] = {}
+    controllers = sum(kind == "controller" for kind, _ in config.devices)
     for kind, slave in config.devices:
         seed, start = config.seed, config.sim_start
         if kind == "controller":
-            models[slave] = ControllerModel(slave, bank=house, seed=seed, start=start)
+            pv_peak_w = physics.profile.solar_peak * physics.cells * NOMINAL_CELL_VOLTS / controllers
+            models[slave] = ControllerModel(
+                slave, seed=seed, start=start, physics=physics, pv_peak_w=pv_peak_w
+            )
         elif kind == "dcc":
-            models[slave] = DccModel(slave, bank=house, seed=seed, start=start)
+            models[slave] = DccModel(slave, seed=seed, start=start, physics=physics)
         else:
             models[slave] = InverterModel(slave, seed=seed, start=start)
     return models

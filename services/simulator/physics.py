@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from shared.registers import CELL_VOLTAGE_RANGE, TEMPERATURE_RANGE, Value
 
@@ -23,6 +24,7 @@ HOUR = 3_600.0
 _OCV_SOC = (0.0, 0.01, 0.03, 0.06, 0.10, 0.20, 0.35, 0.50, 0.65, 0.80, 0.90, 0.95, 0.98, 0.995, 1.0)
 _OCV_VOLT = (2.50, 2.80, 3.02, 3.15, 3.21, 3.26, 3.29, 3.30, 3.31, 3.33, 3.34, 3.36, 3.39, 3.45, 3.52)
 
+NOMINAL_CELL_VOLTS = 3.3  # V, an LFP cell on its plateau
 CELL_RESISTANCE = 0.0015  # ohm, per cell
 CHARGE_CURRENT_LIMIT = 55.0  # A, per pack (register 5051)
 DISCHARGE_CURRENT_LIMIT = 55.0  # A, per pack (register 5052, negative there)
@@ -106,6 +108,19 @@ class SmoothNoise:
         return total / len(self._terms)
 
 
+def clear_sky(t: float) -> float:
+    """Irradiance 0..1 of a cloudless day at simulated time ``t``: sunrise 06:00, sunset 19:00."""
+    hour = (t % DAY) / HOUR
+    if not 6.0 < hour < 19.0:
+        return 0.0
+    return math.pow(math.sin(math.pi * (hour - 6.0) / 13.0), 1.3)
+
+
+def cloud_factor(noise: float) -> float:
+    """The share of the clear-sky irradiance that passes seeded clouds (``noise`` in -1..1)."""
+    return min(1.0, max(0.15, 0.72 + 0.45 * noise))
+
+
 class BankProfile:
     """Net bank current over simulated time: solar charging by day, loads by night, idle spells at 0 A."""
 
@@ -119,12 +134,10 @@ class BankProfile:
 
     def solar(self, t: float) -> float:
         """Charging current from the panels (A, >= 0)."""
-        hour = (t % DAY) / HOUR
-        if not 6.0 < hour < 19.0:
+        sun = clear_sky(t)
+        if not sun:
             return 0.0
-        sun = math.pow(math.sin(math.pi * (hour - 6.0) / 13.0), 1.3)
-        cloud = min(1.0, max(0.15, 0.72 + 0.45 * self._clouds(t)))
-        return self.solar_peak * sun * cloud
+        return self.solar_peak * sun * cloud_factor(self._clouds(t))
 
     def load(self, t: float) -> float:
         """Current drawn by the loads (A, >= 0); zero during idle spells."""
@@ -205,6 +218,35 @@ class PackReading:
         return sum(self.cell_voltages)
 
 
+@dataclass(frozen=True, slots=True)
+class BankState:
+    """What a charger wired to the bank sees of it (see :class:`Charger`)."""
+
+    voltage: float  # V at the terminals: the packs' mean (they are in parallel)
+    soc: float  # charge / capacity of the whole bank, 0..1
+    current: float  # A into the bank, + = charging
+    temperature: float  # °C, the packs' mean
+    full: bool  # every pack's BMS refuses more charge
+
+
+class Charger(Protocol):
+    """A device that charges the bank and may draw it (a charge controller, a DC-DC charger).
+
+    The physics drives it on its own grid, so what flows depends only on seed and simulated time:
+    at every grid point ``t`` it asks :meth:`offer` for the amps the charger could push into the
+    bank and the amps its own loads draw over the next step, lets the BMS take what it will, and
+    tells :meth:`settle` the amps actually delivered (less than offered when the bank is full or
+    tapering, ``limited``; a full bank still takes what the loads draw).
+    """
+
+    def offer(self, t: float, bank: BankState) -> tuple[float, float]: ...
+
+    def settle(self, t: float, bank: BankState, delivered: float, limited: bool) -> None: ...
+
+
+CURRENT_QUANTUM = 0.01  # A, the current register's step
+
+
 def _quantise_current(current: float) -> float:
     """Truncate toward zero to the register's 0.01 A so limits computed on the raw value still hold."""
     return math.trunc(current * 100.0) / 100.0
@@ -231,7 +273,37 @@ class BankPhysics:
         }
         self._jitter = {slave: SmoothNoise(rng, (37.0, 151.0)) for slave in self.packs}
         self._index = 0
+        self.chargers: list[Charger] = []
+        self.profile_solar = True  # False once a charge controller stands for the bank's panels
         self._set_currents(start)
+
+    @property
+    def cells(self) -> int:
+        """Cells in series (the packs are in parallel)."""
+        return max(pack.spec.cells for pack in self.packs.values())
+
+    def attach(self, charger: Charger, *, replaces_solar: bool = False) -> None:
+        """Wire ``charger`` to the bank from the current grid point on. ``replaces_solar``: it is
+        the bank's panels, so the profile's own solar current stops (its loads stay: the house)."""
+        self.chargers.append(charger)
+        if replaces_solar:
+            self.profile_solar = False
+        self._set_currents(self.grid_time)
+
+    def house_load(self, t: float) -> float:
+        """Amps the house draws from the bank besides the attached chargers' own loads."""
+        return self.profile.load(t)
+
+    def state_at(self, t: float) -> BankState:
+        """The bank as a charger sees it at simulated time ``t``."""
+        readings = [self.reading(slave, t) for slave in self.packs]
+        return BankState(
+            voltage=sum(r.voltage for r in readings) / len(readings),
+            soc=sum(r.remaining for r in readings) / sum(r.capacity for r in readings),
+            current=sum(r.current for r in readings),
+            temperature=sum(sum(r.temperatures) / len(r.temperatures) for r in readings) / len(readings),
+            full=self._full(),
+        )
 
     @property
     def grid_time(self) -> float:
@@ -262,10 +334,7 @@ class BankPhysics:
         ambient = self.ambient(t)
         temperature = self._temperature_after(pack, self.ambient(self.grid_time), elapsed)
         soc = remaining / pack.spec.capacity
-        cells = tuple(
-            min(CELL_VOLTAGE_RANGE[1], max(CELL_VOLTAGE_RANGE[0], ocv(soc + offset) + current * r))
-            for offset, r in zip(pack.cell_offsets, pack.cell_resistance, strict=True)
-        )
+        cells = _cell_voltages(pack, soc, current)
         heat = current * current * pack.resistance / 10.0  # terminals run warmer than the middle
         temps = tuple(
             min(TEMPERATURE_RANGE[1], max(TEMPERATURE_RANGE[0], temperature + offset + heat * gradient))
@@ -321,13 +390,48 @@ class BankPhysics:
             return 0.0
         return max(demand, -DISCHARGE_CURRENT_LIMIT, -pack.remaining * HOUR / self.step)
 
+    def _full(self) -> bool:
+        return all(self._limit(pack, 1.0) == 0.0 for pack in self.packs.values())
+
     def _set_currents(self, t: float) -> None:
-        net = self.profile.net(t)
-        weight = sum(p.share for p in self.packs.values())
-        demands = {
-            slave: net * pack.share / weight * (1.0 + 0.015 * self._jitter[slave](t))
-            for slave, pack in self.packs.items()
-        }
+        if not self.chargers:
+            self._share(self.profile.net(t), t, exact=False)
+            return
+        # The chargers see the bank as it ended the last step (its current still flowing), its
+        # voltage from the mean cell (the cells' spread would cost a curve look-up per cell and step).
+        packs = self.packs.values()
+        bank = BankState(
+            voltage=sum(p.spec.cells * ocv(p.soc) + p.current * p.resistance for p in packs)
+            / len(self.packs),
+            soc=sum(p.remaining for p in packs) / sum(p.spec.capacity for p in packs),
+            current=sum(p.current for p in packs),
+            temperature=sum(p.temperature for p in packs) / len(self.packs),
+            full=self._full(),
+        )
+        offers = [charger.offer(t, bank) for charger in self.chargers]
+        supply = sum(charge for charge, _ in offers)
+        solar = self.profile.solar(t) if self.profile_solar else 0.0
+        net = supply + solar - sum(draw for _, draw in offers) - self.profile.load(t)
+        taken = self._share(net, t, exact=True)
+        # What the BMS (and the 0.01 A steps) did not take of a charging bank, the chargers did not
+        # deliver: so they report exactly what went in. A discharge held back is the house's.
+        cut = min(supply, max(0.0, net - taken)) if net > 0 else 0.0
+        limited = cut > CURRENT_QUANTUM * len(self.packs)  # more than the 0.01 A steps: the BMS
+        for (charge, _), charger in zip(offers, self.chargers, strict=True):
+            charger.settle(t, bank, charge * (1.0 - cut / supply) if supply else 0.0, limited)
+
+    def _share(self, net: float, t: float, *, exact: bool) -> float:
+        """Split ``net`` amps over the packs by their share, with a little jitter, inside their BMS
+        limits; returns the bank current that flows. ``exact``: the packs' demands add up to ``net``
+        (with chargers attached the bank current must be what they delivered); otherwise the jitter
+        adds a little, as the profile always had it."""
+        jitter = {slave: 1.0 + 0.015 * self._jitter[slave](t) for slave in self.packs}
+        if exact:
+            weight = sum(pack.share * jitter[slave] for slave, pack in self.packs.items())
+            demands = {slave: net * pack.share * jitter[slave] / weight for slave, pack in self.packs.items()}
+        else:
+            weight = sum(p.share for p in self.packs.values())
+            demands = {slave: net * pack.share / weight * jitter[slave] for slave, pack in self.packs.items()}
         allowed = {slave: self._limit(self.packs[slave], d) for slave, d in demands.items()}
         # Packs held back by their BMS push the rest of the bank current onto the others.
         leftover = sum(demands.values()) - sum(allowed.values())
@@ -337,6 +441,14 @@ class BankPhysics:
                 allowed[slave] = self._limit(self.packs[slave], demands[slave] + leftover / len(free))
         for slave, pack in self.packs.items():
             pack.current = _quantise_current(allowed[slave])
+        return sum(pack.current for pack in self.packs.values())
+
+
+def _cell_voltages(pack: PackState, soc: float, current: float) -> tuple[float, ...]:
+    return tuple(
+        min(CELL_VOLTAGE_RANGE[1], max(CELL_VOLTAGE_RANGE[0], ocv(soc + offset) + current * r))
+        for offset, r in zip(pack.cell_offsets, pack.cell_resistance, strict=True)
+    )
 
 
 def register_values(spec: PackSpec, reading: PackReading) -> dict[str, Value]:

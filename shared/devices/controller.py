@@ -67,20 +67,23 @@ FAULTS: Final = {
     0: "battery over-discharge",
 }
 
-FIELDS: Final = (
-    RegField(0x000C, "model", "ascii", 8, description="product model, e.g. RNG-CTRL-RVR40"),
+# --- what every Renogy charger (controller, DC-DC charger) shares; dcc.py reuses these ---------------
+
+HEAD_FIELDS: Final = (
+    RegField(0x000C, "model", "ascii", 8, description="product model, e.g. RNG-CTRL-RVR40, RBC50D1S-G1"),
     RegField(0x001A, "device_address", mask=0xFF, description="Modbus slave id"),
     RegField(0x0100, "battery_soc", unit="%"),
     RegField(0x0101, "battery_voltage", scale=0.1, unit="V"),
     RegField(0x0102, "charging_current", scale=0.01, unit="A"),
     RegField(0x0103, "controller_temperature", "sm8", unit="°C", shift=8),
     RegField(0x0103, "battery_temperature", "sm8", unit="°C"),
-    RegField(0x0104, "load_voltage", scale=0.1, unit="V"),
-    RegField(0x0105, "load_current", scale=0.01, unit="A"),
-    RegField(0x0106, "load_power", unit="W"),
-    RegField(0x0107, "pv_voltage", scale=0.1, unit="V"),
-    RegField(0x0108, "pv_current", scale=0.01, unit="A"),
-    RegField(0x0109, "pv_power", unit="W"),
+)
+
+# Model, device address and battery type: read at start and every info interval.
+INFO_BLOCKS: Final = (Block(0x000C, 8, "info"), Block(0x001A, 1, "info"), Block(0xE004, 1, "info"))
+
+# 0x010B-0x011F: the daily and lifetime statistics (a DC-DC charger maps a subset of them).
+STAT_FIELDS: Final = (
     RegField(0x010B, "battery_min_voltage_today", scale=0.1, unit="V"),
     RegField(0x010C, "battery_max_voltage_today", scale=0.1, unit="V"),
     RegField(0x010D, "max_charging_current_today", scale=0.01, unit="A"),
@@ -98,6 +101,110 @@ FIELDS: Final = (
     RegField(0x011A, "discharging_ah_total", "u32", 2, unit="Ah"),
     RegField(0x011C, "generation_total", "u32", 2, unit="Wh"),
     RegField(0x011E, "consumption_total", "u32", 2, unit="Wh"),
+)
+
+
+def port_fields(address: int, port: str) -> tuple[RegField, RegField, RegField]:
+    """A port's V x0.1, A x0.01 and W at ``address`` .. +2 (load, PV, alternator, solar)."""
+    return (
+        RegField(address, f"{port}_voltage", scale=0.1, unit="V"),
+        RegField(address + 1, f"{port}_current", scale=0.01, unit="A"),
+        RegField(address + 2, f"{port}_power", unit="W"),
+    )
+
+
+def stat_fields(*names: str) -> tuple[RegField, ...]:
+    """The statistics fields named, in register order."""
+    return tuple(f for f in STAT_FIELDS if f.name in names)
+
+
+def battery_ranges(volts: float, amps: float, watts: int, wh_today: int) -> dict[str, tuple[float, float]]:
+    """Ranges of the battery side and the daily charge statistics of a charger of this size."""
+    return {
+        "battery_soc": (0, 100),
+        "battery_voltage": (0.0, volts),
+        "charging_current": (0.0, amps),
+        "controller_temperature": (-40, 100),
+        "battery_temperature": (-40, 100),
+        "battery_min_voltage_today": (0.0, volts),
+        "battery_max_voltage_today": (0.0, volts),
+        "max_charging_current_today": (0.0, amps),
+        "max_charging_power_today": (0, watts),
+        "generation_today": (0, wh_today),
+    }
+
+
+def port_ranges(port: str, volts: float, amps: float, watts: int) -> dict[str, tuple[float, float]]:
+    return {f"{port}_voltage": (0.0, volts), f"{port}_current": (0.0, amps), f"{port}_power": (0, watts)}
+
+
+MEAS: Final = "measurement"
+TOTAL: Final = "total_increasing"
+
+
+def measured(
+    key: str, name: str, unit: str, kind: str, accuracy: int, *, value: str = "", extended: bool = False
+) -> EntityDef:
+    """A measurement sensor (``kind`` = its device class) of field ``value`` (default: ``key``)."""
+    return EntityDef(key, name, value or key, unit, kind, MEAS, accuracy, extended=extended)
+
+
+BATTERY_VOLTAGE: Final = measured("battery_voltage", "Battery voltage", "V", "voltage", 1)
+CHARGING_CURRENT: Final = measured("charging_current", "Charging current", "A", "current", 2)
+CONTROLLER_TEMPERATURE: Final = measured(
+    "controller_temperature", "Controller temperature", "°C", "temperature", 0
+)
+GENERATION_TODAY: Final = EntityDef(
+    "generation_today", "Generation today", kwh_value("generation_today"), "kWh", "energy", TOTAL, 3
+)
+BATTERY_SOC: Final = measured("battery_soc", "Battery level", "%", "battery", 0, extended=True)
+BATTERY_TEMPERATURE: Final = measured(
+    "battery_temperature", "Battery temperature", "°C", "temperature", 0, extended=True
+)
+GENERATION_TOTAL: Final = EntityDef(
+    "generation_total",
+    "Generation total",
+    kwh_value("generation_total"),
+    "kWh",
+    "energy",
+    TOTAL,
+    3,
+    extended=True,
+)
+MODEL: Final = EntityDef(
+    "model", "Model", "model", platform="text_sensor", extended=True, category="diagnostic"
+)
+
+
+def charging_state_entity(icon: str) -> EntityDef:
+    return EntityDef("charging_state", "Charging state", "charging_state", platform="text_sensor", icon=icon)
+
+
+def fault_entity(tables: tuple[BitTable, ...]) -> EntityDef:
+    """The problem binary sensor: on while any bit of ``tables`` is set."""
+    return EntityDef("fault", "Fault", fault_value(tables), device_class="problem", platform="binary_sensor")
+
+
+def problems_entity(tables: tuple[BitTable, ...]) -> EntityDef:
+    """The extended profile's text of the problem bits set."""
+    return EntityDef(
+        "problems",
+        "Problems",
+        problem_text_value(tables),
+        platform="text_sensor",
+        extended=True,
+        icon="mdi:alert-circle-outline",
+        category="diagnostic",
+    )
+
+
+# --- the controller ------------------------------------------------------------------------------
+
+FIELDS: Final = (
+    *HEAD_FIELDS,
+    *port_fields(0x0104, "load"),
+    *port_fields(0x0107, "pv"),
+    *STAT_FIELDS,
     RegField(0x0120, "load_on", shift=15, mask=1, flag=True),
     RegField(0x0120, "load_brightness", shift=8, mask=0x7F, unit="%"),
     RegField(0x0120, "charging_state", mask=0xFF, enum=CHARGING_STATES),
@@ -105,91 +212,39 @@ FIELDS: Final = (
     RegField(0xE004, "battery_type", enum=BATTERY_TYPES),
 )
 
-BLOCKS: Final = (
-    Block(0x0100, 34, "cycle"),
-    Block(0x000C, 8, "info"),
-    Block(0x001A, 1, "info"),
-    Block(0xE004, 1, "info"),
-)
+BLOCKS: Final = (Block(0x0100, 34, "cycle"), *INFO_BLOCKS)
 
 # A 12/24/48 V controller: battery <= 70 V, PV input <= 150 V (Rover Elite/Adventurer max is below).
 RANGES: Final[dict[str, tuple[float, float]]] = {
-    "battery_soc": (0, 100),
-    "battery_voltage": (0.0, 70.0),
-    "charging_current": (0.0, 100.0),
-    "controller_temperature": (-40, 100),
-    "battery_temperature": (-40, 100),
-    "load_voltage": (0.0, 70.0),
-    "load_current": (0.0, 100.0),
-    "load_power": (0, 6_000),
-    "pv_voltage": (0.0, 150.0),
-    "pv_current": (0.0, 100.0),
-    "pv_power": (0, 6_000),
-    "battery_min_voltage_today": (0.0, 70.0),
-    "battery_max_voltage_today": (0.0, 70.0),
-    "max_charging_current_today": (0.0, 100.0),
+    **battery_ranges(70.0, 100.0, 6_000, 60_000),
+    **port_ranges("load", 70.0, 100.0, 6_000),
+    **port_ranges("pv", 150.0, 100.0, 6_000),
     "max_discharging_current_today": (0.0, 100.0),
-    "max_charging_power_today": (0, 6_000),
     "max_discharging_power_today": (0, 6_000),
-    "generation_today": (0, 60_000),
     "consumption_today": (0, 60_000),
     "load_brightness": (0, 100),
 }
 
-MEAS: Final = "measurement"
-TOTAL: Final = "total_increasing"
-
-
 _TABLES: Final = (BitTable("faults", FAULTS),)
 
 ENTITIES: Final = (
-    EntityDef("pv_power", "PV power", "pv_power", "W", "power", MEAS, 0),
-    EntityDef("pv_voltage", "PV voltage", "pv_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("battery_voltage", "Battery voltage", "battery_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("charging_current", "Charging current", "charging_current", "A", "current", MEAS, 2),
-    EntityDef("load_power", "Load power", "load_power", "W", "power", MEAS, 0),
-    EntityDef(
-        "controller_temperature",
-        "Controller temperature",
-        "controller_temperature",
-        "°C",
-        "temperature",
-        MEAS,
-        0,
-    ),
-    EntityDef(
-        "generation_today", "Generation today", kwh_value("generation_today"), "kWh", "energy", TOTAL, 3
-    ),
-    EntityDef(
-        "charging_state", "Charging state", "charging_state", platform="text_sensor", icon="mdi:solar-power"
-    ),
-    EntityDef("fault", "Fault", fault_value(_TABLES), device_class="problem", platform="binary_sensor"),
+    measured("pv_power", "PV power", "W", "power", 0),
+    measured("pv_voltage", "PV voltage", "V", "voltage", 1),
+    BATTERY_VOLTAGE,
+    CHARGING_CURRENT,
+    measured("load_power", "Load power", "W", "power", 0),
+    CONTROLLER_TEMPERATURE,
+    GENERATION_TODAY,
+    charging_state_entity("mdi:solar-power"),
+    fault_entity(_TABLES),
     # extended profile
-    EntityDef("pv_current", "PV current", "pv_current", "A", "current", MEAS, 2, extended=True),
-    EntityDef("load_voltage", "Load voltage", "load_voltage", "V", "voltage", MEAS, 1, extended=True),
-    EntityDef("load_current", "Load current", "load_current", "A", "current", MEAS, 2, extended=True),
+    measured("pv_current", "PV current", "A", "current", 2, extended=True),
+    measured("load_voltage", "Load voltage", "V", "voltage", 1, extended=True),
+    measured("load_current", "Load current", "A", "current", 2, extended=True),
     EntityDef("load", "Load", "load_on", device_class="power", platform="binary_sensor", extended=True),
-    EntityDef("battery_soc", "Battery level", "battery_soc", "%", "battery", MEAS, 0, extended=True),
-    EntityDef(
-        "battery_temperature",
-        "Battery temperature",
-        "battery_temperature",
-        "°C",
-        "temperature",
-        MEAS,
-        0,
-        extended=True,
-    ),
-    EntityDef(
-        "generation_total",
-        "Generation total",
-        kwh_value("generation_total"),
-        "kWh",
-        "energy",
-        TOTAL,
-        3,
-        extended=True,
-    ),
+    BATTERY_SOC,
+    BATTERY_TEMPERATURE,
+    GENERATION_TOTAL,
     EntityDef(
         "consumption_today",
         "Consumption today",
@@ -200,16 +255,8 @@ ENTITIES: Final = (
         3,
         extended=True,
     ),
-    EntityDef(
-        "problems",
-        "Problems",
-        problem_text_value(_TABLES),
-        platform="text_sensor",
-        extended=True,
-        icon="mdi:alert-circle-outline",
-        category="diagnostic",
-    ),
-    EntityDef("model", "Model", "model", platform="text_sensor", extended=True, category="diagnostic"),
+    problems_entity(_TABLES),
+    MODEL,
 )
 
 LOAD_REGISTER: Final = 0x010A

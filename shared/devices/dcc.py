@@ -21,15 +21,26 @@ from __future__ import annotations
 
 from typing import Final
 
-from .base import (
-    BitTable,
-    Block,
-    DeviceFamily,
-    EntityDef,
-    RegField,
-    fault_value,
-    kwh_value,
-    problem_text_value,
+from .base import BitTable, Block, DeviceFamily, EntityDef, RegField
+from .controller import (
+    BATTERY_SOC,
+    BATTERY_TEMPERATURE,
+    BATTERY_VOLTAGE,
+    CHARGING_CURRENT,
+    CONTROLLER_TEMPERATURE,
+    GENERATION_TODAY,
+    GENERATION_TOTAL,
+    HEAD_FIELDS,
+    INFO_BLOCKS,
+    MODEL,
+    battery_ranges,
+    charging_state_entity,
+    fault_entity,
+    measured,
+    port_fields,
+    port_ranges,
+    problems_entity,
+    stat_fields,
 )
 
 CHARGING_STATES: Final = {
@@ -71,30 +82,22 @@ FAULTS_LOW: Final = {
 }
 
 FIELDS: Final = (
-    RegField(0x000C, "model", "ascii", 8),
-    RegField(0x001A, "device_address", mask=0xFF),
-    RegField(0x0100, "battery_soc", unit="%"),
-    RegField(0x0101, "battery_voltage", scale=0.1, unit="V"),
-    RegField(0x0102, "charging_current", scale=0.01, unit="A"),
-    RegField(0x0103, "controller_temperature", "sm8", unit="°C", shift=8),
-    RegField(0x0103, "battery_temperature", "sm8", unit="°C"),
-    RegField(0x0104, "alternator_voltage", scale=0.1, unit="V"),
-    RegField(0x0105, "alternator_current", scale=0.01, unit="A"),
-    RegField(0x0106, "alternator_power", unit="W"),
-    RegField(0x0107, "solar_voltage", scale=0.1, unit="V"),
-    RegField(0x0108, "solar_current", scale=0.01, unit="A"),
-    RegField(0x0109, "solar_power", unit="W"),
-    RegField(0x010B, "battery_min_voltage_today", scale=0.1, unit="V"),
-    RegField(0x010C, "battery_max_voltage_today", scale=0.1, unit="V"),
-    RegField(0x010D, "max_charging_current_today", scale=0.01, unit="A"),
-    RegField(0x010F, "max_charging_power_today", unit="W"),
-    RegField(0x0111, "charging_ah_today", unit="Ah"),
-    RegField(0x0113, "generation_today", unit="Wh"),
-    RegField(0x0115, "operating_days", unit="d"),
-    RegField(0x0116, "over_discharge_count"),
-    RegField(0x0117, "full_charge_count"),
-    RegField(0x0118, "charging_ah_total", "u32", 2, unit="Ah"),
-    RegField(0x011C, "generation_total", "u32", 2, unit="Wh"),
+    *HEAD_FIELDS,
+    *port_fields(0x0104, "alternator"),
+    *port_fields(0x0107, "solar"),
+    *stat_fields(
+        "battery_min_voltage_today",
+        "battery_max_voltage_today",
+        "max_charging_current_today",
+        "max_charging_power_today",
+        "charging_ah_today",
+        "generation_today",
+        "operating_days",
+        "over_discharge_count",
+        "full_charge_count",
+        "charging_ah_total",
+        "generation_total",
+    ),
     RegField(0x0120, "charging_state", mask=0xFF, enum=CHARGING_STATES),
     RegField(0x0121, "faults_high"),
     RegField(0x0122, "faults_low"),
@@ -104,110 +107,42 @@ FIELDS: Final = (
     RegField(0xE004, "battery_type", enum=BATTERY_TYPES),
 )
 
-BLOCKS: Final = (
-    Block(0x0100, 30, "cycle"),
-    Block(0x0120, 7, "cycle"),
-    Block(0x000C, 8, "info"),
-    Block(0x001A, 1, "info"),
-    Block(0xE004, 1, "info"),
-)
+BLOCKS: Final = (Block(0x0100, 30, "cycle"), Block(0x0120, 7, "cycle"), *INFO_BLOCKS)
 
 # 12/24 V house battery; alternator side <= 32 V, solar input <= 50 V (DCC50S: 25 V Voc max is lower).
 RANGES: Final[dict[str, tuple[float, float]]] = {
-    "battery_soc": (0, 100),
-    "battery_voltage": (0.0, 35.0),
-    "charging_current": (0.0, 60.0),
-    "controller_temperature": (-40, 100),
-    "battery_temperature": (-40, 100),
-    "alternator_voltage": (0.0, 35.0),
-    "alternator_current": (0.0, 60.0),
-    "alternator_power": (0, 2_000),
-    "solar_voltage": (0.0, 60.0),
-    "solar_current": (0.0, 60.0),
-    "solar_power": (0, 2_000),
-    "battery_min_voltage_today": (0.0, 35.0),
-    "battery_max_voltage_today": (0.0, 35.0),
-    "max_charging_current_today": (0.0, 60.0),
-    "max_charging_power_today": (0, 2_000),
-    "generation_today": (0, 30_000),
+    **battery_ranges(35.0, 60.0, 2_000, 30_000),
+    **port_ranges("alternator", 35.0, 60.0, 2_000),
+    **port_ranges("solar", 60.0, 60.0, 2_000),
     "output_power": (0, 2_000),
 }
 
 _TABLES: Final = (BitTable("faults_high", FAULTS_HIGH), BitTable("faults_low", FAULTS_LOW))
-MEAS: Final = "measurement"
-TOTAL: Final = "total_increasing"
 
 ENTITIES: Final = (
-    EntityDef("output_power", "Output power", "output_power", "W", "power", MEAS, 0),
-    EntityDef("alternator_power", "Alternator power", "alternator_power", "W", "power", MEAS, 0),
-    EntityDef("alternator_voltage", "Alternator voltage", "alternator_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("pv_power", "PV power", "solar_power", "W", "power", MEAS, 0),
-    EntityDef("pv_voltage", "PV voltage", "solar_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("battery_voltage", "Battery voltage", "battery_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("charging_current", "Charging current", "charging_current", "A", "current", MEAS, 2),
-    EntityDef(
-        "controller_temperature",
-        "Controller temperature",
-        "controller_temperature",
-        "°C",
-        "temperature",
-        MEAS,
-        0,
-    ),
-    EntityDef(
-        "generation_today", "Generation today", kwh_value("generation_today"), "kWh", "energy", TOTAL, 3
-    ),
-    EntityDef(
-        "charging_state", "Charging state", "charging_state", platform="text_sensor", icon="mdi:car-battery"
-    ),
-    EntityDef("fault", "Fault", fault_value(_TABLES), device_class="problem", platform="binary_sensor"),
+    measured("output_power", "Output power", "W", "power", 0),
+    measured("alternator_power", "Alternator power", "W", "power", 0),
+    measured("alternator_voltage", "Alternator voltage", "V", "voltage", 1),
+    measured("pv_power", "PV power", "W", "power", 0, value="solar_power"),
+    measured("pv_voltage", "PV voltage", "V", "voltage", 1, value="solar_voltage"),
+    BATTERY_VOLTAGE,
+    CHARGING_CURRENT,
+    CONTROLLER_TEMPERATURE,
+    GENERATION_TODAY,
+    charging_state_entity("mdi:car-battery"),
+    fault_entity(_TABLES),
     # extended profile
     EntityDef("charging_mode", "Charging mode", "charging_mode", platform="text_sensor", extended=True),
     EntityDef(
         "ignition", "Ignition", "ignition", device_class="power", platform="binary_sensor", extended=True
     ),
-    EntityDef(
-        "alternator_current",
-        "Alternator current",
-        "alternator_current",
-        "A",
-        "current",
-        MEAS,
-        2,
-        extended=True,
-    ),
-    EntityDef("pv_current", "PV current", "solar_current", "A", "current", MEAS, 2, extended=True),
-    EntityDef("battery_soc", "Battery level", "battery_soc", "%", "battery", MEAS, 0, extended=True),
-    EntityDef(
-        "battery_temperature",
-        "Battery temperature",
-        "battery_temperature",
-        "°C",
-        "temperature",
-        MEAS,
-        0,
-        extended=True,
-    ),
-    EntityDef(
-        "generation_total",
-        "Generation total",
-        kwh_value("generation_total"),
-        "kWh",
-        "energy",
-        TOTAL,
-        3,
-        extended=True,
-    ),
-    EntityDef(
-        "problems",
-        "Problems",
-        problem_text_value(_TABLES),
-        platform="text_sensor",
-        extended=True,
-        icon="mdi:alert-circle-outline",
-        category="diagnostic",
-    ),
-    EntityDef("model", "Model", "model", platform="text_sensor", extended=True, category="diagnostic"),
+    measured("alternator_current", "Alternator current", "A", "current", 2, extended=True),
+    measured("pv_current", "PV current", "A", "current", 2, value="solar_current", extended=True),
+    BATTERY_SOC,
+    BATTERY_TEMPERATURE,
+    GENERATION_TOTAL,
+    problems_entity(_TABLES),
+    MODEL,
 )
 
 DCC: Final = DeviceFamily(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Final
 
 from .base import Block, DeviceFamily, EntityDef, RegField
+from .controller import BATTERY_SOC, BATTERY_VOLTAGE, MODEL, measured
 
 CHARGING_STATES: Final = {
     0: "deactivated",
@@ -83,17 +84,15 @@ RANGES: Final[dict[str, tuple[float, float]]] = {
     "load_percentage": (0, 200),
 }
 
-MEAS: Final = "measurement"
-
 ENTITIES: Final = (
-    EntityDef("output_power", "AC output power", "load_active_power", "W", "power", MEAS, 0),
-    EntityDef("output_voltage", "AC output voltage", "output_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("output_current", "AC output current", "output_current", "A", "current", MEAS, 2),
-    EntityDef("output_frequency", "AC output frequency", "output_frequency", "Hz", "frequency", MEAS, 2),
-    EntityDef("input_voltage", "AC input voltage", "input_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("battery_voltage", "Battery voltage", "battery_voltage", "V", "voltage", MEAS, 1),
-    EntityDef("pv_power", "PV power", "pv_power", "W", "power", MEAS, 0),
-    EntityDef("temperature", "Temperature", "temperature", "°C", "temperature", MEAS, 1),
+    measured("output_power", "AC output power", "W", "power", 0, value="load_active_power"),
+    measured("output_voltage", "AC output voltage", "V", "voltage", 1),
+    measured("output_current", "AC output current", "A", "current", 2),
+    measured("output_frequency", "AC output frequency", "Hz", "frequency", 2),
+    measured("input_voltage", "AC input voltage", "V", "voltage", 1),
+    BATTERY_VOLTAGE,
+    measured("pv_power", "PV power", "W", "power", 0),
+    measured("temperature", "Temperature", "°C", "temperature", 1),
     EntityDef(
         "charging_state",
         "Charging state",
@@ -102,29 +101,24 @@ ENTITIES: Final = (
         icon="mdi:battery-charging",
     ),
     # extended profile
+    measured("load_apparent_power", "Load apparent power", "VA", "apparent_power", 0, extended=True),
     EntityDef(
-        "load_apparent_power",
-        "Load apparent power",
-        "load_apparent_power",
-        "VA",
-        "apparent_power",
-        MEAS,
+        "load_percentage",
+        "Load",
+        "load_percentage",
+        "%",
+        None,
+        "measurement",
         0,
         extended=True,
+        icon="mdi:gauge",
     ),
-    EntityDef(
-        "load_percentage", "Load", "load_percentage", "%", None, MEAS, 0, extended=True, icon="mdi:gauge"
-    ),
-    EntityDef(
-        "input_frequency", "AC input frequency", "input_frequency", "Hz", "frequency", MEAS, 2, extended=True
-    ),
-    EntityDef(
-        "charging_current", "Battery current", "charging_current", "A", "current", MEAS, 1, extended=True
-    ),
-    EntityDef("charging_power", "Charging power", "charging_power", "W", "power", MEAS, 0, extended=True),
-    EntityDef("pv_voltage", "PV voltage", "pv_voltage", "V", "voltage", MEAS, 1, extended=True),
-    EntityDef("battery_soc", "Battery level", "battery_soc", "%", "battery", MEAS, 0, extended=True),
-    EntityDef("model", "Model", "model", platform="text_sensor", extended=True, category="diagnostic"),
+    measured("input_frequency", "AC input frequency", "Hz", "frequency", 2, extended=True),
+    measured("charging_current", "Battery current", "A", "current", 1, extended=True),
+    measured("charging_power", "Charging power", "W", "power", 0, extended=True),
+    measured("pv_voltage", "PV voltage", "V", "voltage", 1, extended=True),
+    BATTERY_SOC,
+    MODEL,
 )
 
 INVERTER: Final = DeviceFamily(

@@ -2,7 +2,8 @@
 
 ``MODELS[kind]`` builds a model; :func:`read` answers a Modbus read (start, count) with registers or
 an exception code, :func:`write` a write-single-register (function 6); the shunt is notify-only
-(:meth:`ShuntModel.notification`).
+(:meth:`ShuntModel.notification`). The controller and DC-DC charger are :class:`Charger` s: on their
+own :class:`SimBank`, or wired to the battery physics when batteries share their bus.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from .base import (
     EXC_ILLEGAL_ADDRESS,
     EXC_ILLEGAL_FUNCTION,
+    Charger,
     DayCurve,
     DeviceModel,
     SimBank,
@@ -48,6 +50,7 @@ def write(model: DeviceModel, register: int, value: int, t: float) -> int | Writ
 
 __all__ = [
     "BatteryModel",
+    "Charger",
     "ControllerModel",
     "DayCurve",
     "DccModel",

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import random
-
-from services.simulator.physics import DAY, HOUR
+from services.simulator.physics import DAY, HOUR, BankPhysics
 from shared.devices.dcc import DCC
 from shared.registers import Value
 
-from .base import Counters, DayCurve, SimBank, clamp
+from .base import Charger, SimBank, clamp
 
-STEP = 5.0
 DRIVES = ((8.0, 9.0), (17.0, 18.5))  # hours of the day the engine runs
+ALTERNATOR_MAX_W = 700.0
 
 
-class DccModel:
+class DccModel(Charger):
     family = DCC
+    model_name = "RBC50D1S-G1"
+    efficiency = 0.95
+    idle_state = "standby"
 
     def __init__(
         self,
@@ -27,73 +28,55 @@ class DccModel:
         house_load_w: float = 30.0,
         bank: SimBank | None = None,
         start: float = 10 * HOUR,
+        physics: BankPhysics | None = None,
     ) -> None:
-        self.slave = slave
         self.rated_a = rated_a
         self.pv_peak_w = pv_peak_w
-        self.house_load_w = house_load_w
-        self.bank = bank or SimBank(100.0, 0.5)
-        self._sun = DayCurve(random.Random(f"{seed}:dcc:{slave}"))
-        self._t = start
-        self._counters = Counters()
-        self._alt_w = self._pv_w = 0.0
+        # Its own bank's house; on the battery physics the house is the profile's load.
+        self.house_load_w = 0.0 if physics is not None else house_load_w
+        super().__init__(slave, seed, bank or SimBank(100.0, 0.5), start, physics)
 
     def ignition(self, t: float) -> bool:
         hour = (t % DAY) / HOUR
         return any(a <= hour < b for a, b in DRIVES)
 
-    def _advance(self, t: float) -> None:
-        while self._t + STEP <= t:
-            self._t += STEP
-            volts = self.bank.voltage
-            room = self.bank.soc < 0.995
-            self._alt_w = min(self.rated_a * volts, 700.0) if room and self.ignition(self._t) else 0.0
-            self._pv_w = self.pv_peak_w * self._sun(self._t) if room else 0.0
-            out_a = 0.95 * (self._alt_w + self._pv_w) / volts
-            self.bank.step(out_a - self.house_load_w / volts, STEP)
-            self._counters.add(self._t, out_a, 0.95 * (self._alt_w + self._pv_w), STEP)
+    def available(self, t: float, volts: float) -> dict[str, float]:
+        alternator = min(self.rated_a * volts, ALTERNATOR_MAX_W) if self.ignition(t) else 0.0
+        return {"alternator": alternator, "solar": self.pv_peak_w * self._sun(t)}
+
+    def draw_w(self, soc: float) -> float:
+        return self.house_load_w
+
+    def generated_w(self) -> float:
+        return self._out_w
 
     def values(self, t: float) -> dict[str, Value]:
-        self._advance(t)
-        volts = self.bank.voltage
+        volts, soc, temperature = self._bank(t)
+        alt_w, pv_w = self._inputs.get("alternator", 0.0), self._inputs.get("solar", 0.0)
         alt_v = 14.2 if self.ignition(self._t) else 12.6
-        pv_v = max(18.0, volts + 4.0) if self._pv_w else 0.0
-        out_w = 0.95 * (self._alt_w + self._pv_w)
-        if self._alt_w and self._pv_w:
+        pv_v = max(18.0, volts + 4.0) if pv_w else 0.0
+        out_w = self.efficiency * (alt_w + pv_w)
+        if alt_w and pv_w:
             mode = "solar and alternator to house"
-        elif self._alt_w:
+        elif alt_w:
             mode = "alternator to house"
         else:
-            mode = "solar to house" if self._pv_w else "standby"
-        c = self._counters
+            mode = "solar to house" if pv_w else "standby"
         return clamp(
             {
-                "model": "RBC50D1S-G1",
-                "device_address": self.slave & 0xFF,
-                "battery_soc": round(100 * self.bank.soc),
-                "battery_voltage": round(volts, 1),
-                "charging_current": round(out_w / volts, 2),
+                **self.battery_values(volts, soc, temperature),
                 "controller_temperature": 22 + round(out_w / 50),
-                "battery_temperature": 20,
                 "alternator_voltage": alt_v,
-                "alternator_current": round(self._alt_w / alt_v, 2),
-                "alternator_power": round(self._alt_w),
+                "alternator_current": round(alt_w / alt_v, 2),
+                "alternator_power": round(alt_w),
                 "solar_voltage": round(pv_v, 1),
-                "solar_current": round(self._pv_w / pv_v, 2) if pv_v else 0.0,
-                "solar_power": round(self._pv_w),
-                "max_charging_power_today": round(c.max_w_today),
-                "charging_ah_today": round(c.ah_today),
-                "generation_today": round(c.wh_today),
-                "charging_ah_total": round(c.ah_total),
-                "generation_total": round(c.wh_total),
-                "operating_days": c.day,
-                "charging_state": "mppt" if out_w else "standby",
+                "solar_current": round(pv_w / pv_v, 2) if pv_v else 0.0,
+                "solar_power": round(pv_w),
                 "faults_high": 0,
                 "faults_low": 0,
                 "output_power": round(out_w),
                 "charging_mode": mode,
                 "ignition": self.ignition(self._t),
-                "battery_type": "lithium",
             },
             self.family,
         )
