@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bleak.backends.device import BLEDevice
@@ -29,7 +30,7 @@ from services.reader.stats import ReaderStats
 from shared import registers
 from shared.config import ReaderConfig, other_devices
 from shared.controls import Accepted, Reason, Result, Target, confirm, failed
-from shared.devices import BlockError, DeviceFamily, decode, family, read_plan
+from shared.devices import decode, family, read_plan
 from shared.modbus import FrameErrorKind, ReadRequest, ReadResponse
 from shared.service import RepeatFilter
 from shared.topics import bt2_id
@@ -114,6 +115,22 @@ PollerEvent = (
     | ControlEvent
 )
 BlockResult = tuple[ReadResponse, dict[str, registers.Value], float]
+# Decodes a block's register words: (values, one line per value dropped); raises BlockError.
+Decoder = Callable[[Sequence[int]], tuple[dict[str, registers.Value], list[str]]]
+Reading = BatteryCycle | DeviceCycle
+BATTERY = "battery"
+
+
+@dataclass(frozen=True, slots=True)
+class _Wording:
+    """How the log says that a block did not decode, and what became of a value out of range."""
+
+    refused: str
+    dropped: str
+
+
+BATTERY_WORDING = _Wording("decoded to an implausible value", "published as null")
+DEVICE_WORDING = _Wording("did not decode", "left out of the reading")
 
 
 @dataclass(slots=True)
@@ -173,7 +190,6 @@ class Poller:
         # Controllers, DC-DC chargers and inverters (reader.devices), read after the batteries.
         self.devices: list[tuple[str, int]] = other_devices(cfg.devices)
         self.device_identities: dict[int, dict[str, registers.Value]] = {}
-        self._device_info_due: dict[int, float] = {}
         self._commands: deque[tuple[Target, Accepted]] = deque()
         self._command_ready = asyncio.Event()
         self._log = RepeatFilter(_LOGGER)
@@ -258,44 +274,48 @@ class Poller:
 
     # --- one cycle ---------------------------------------------------------------------------------
 
+    def _units(self) -> list[tuple[str, int]]:
+        """What a cycle reads, in order: the batteries, then the other devices (kind, slave id)."""
+        return [(BATTERY, slave) for slave in self.cfg.batteries] + self.devices
+
     async def cycle(self) -> int:
-        """Read every battery once; returns the number of batteries with at least one good block."""
+        """Read every battery and device once; returns how many gave at least one good block.
+
+        The every-cycle values of all of them come first, each published as soon as it is in; then, for
+        those whose info is due (the first cycle, then every reader.info_interval), the info blocks, each
+        published with a second reading. That one is the same sample (its time, monotonic time and
+        values are the first's, plus the identity and alarm words), so it counts no energy twice.
+        """
         started = time.monotonic()
         self._cycle_floor, self._floor_known = 0.0, True
         good = attempted = 0
         linked = await self.ensure_link()
+        info: list[Reading] = []
         if linked:
-            for slave in self.cfg.batteries:
+            for kind, slave in self._units():
                 if self.stop_event.is_set():
                     break
                 if self.stats.cycles < self._skip_until.get(slave, 0):
                     continue
                 attempted += 1
                 self._link_unavailable = False
-                reading = await self.read_battery(slave)
+                reading = await self._read_values(kind, slave)
                 if reading.any_good:
                     good += 1
                     self._failed_cycles.pop(slave, None)
-                    self._emit(ReadingEvent(reading))
+                    self._emit_reading(reading)
+                    if self._wants_info(reading):
+                        info.append(reading)
                 elif not self._link_unavailable:
-                    # Only a battery that was asked and did not answer; a link that could not be made says
+                    # Only a unit that was asked and did not answer; a link that could not be made says
                     # nothing about it (backing it off then delayed recovery by a cycle).
-                    self._back_off_battery(slave)
+                    self._back_off(kind, slave)
                 await self.run_commands()
-            for kind, slave in self.devices:
+            for reading in info:
                 if self.stop_event.is_set():
                     break
-                if self.stats.cycles < self._skip_until.get(slave, 0):
-                    continue
-                attempted += 1
-                self._link_unavailable = False
-                device = await self.read_device(kind, slave)
-                if device.any_good:
-                    good += 1
-                    self._failed_cycles.pop(slave, None)
-                    self._emit(DeviceReadingEvent(device))
-                elif not self._link_unavailable:
-                    self._back_off_device(kind, slave)
+                await self._read_info(reading)
+                self._emit_reading(reading)
                 await self.run_commands()
         self.last_cycle_attempted = bool(attempted) or not linked
         self.stats.cycles += 1
@@ -304,80 +324,241 @@ class Poller:
         self._emit(CycleDone(good, attempted, self.stats.last_cycle_s))
         return good
 
-    def _back_off_battery(self, slave: int) -> None:
-        """Probe a battery that stopped answering less and less often (1, 2, 4 ... 32 cycles apart)."""
-        failed = self._failed_cycles[slave] = self._failed_cycles.get(slave, 0) + 1
-        skip = min(2 ** (failed - 1), MAX_PROBE_SPACING) - 1
-        self._skip_until[slave] = self.stats.cycles + 1 + skip
-        if skip:
-            self._emit(BatteryBackedOff(slave, failed, skip + 1))
-        if skip and (failed == 2 or skip == MAX_PROBE_SPACING - 1):
-            _LOGGER.warning(
-                "battery %d has not answered for %d cycles; probing it every %d cycles (is slave id %d on this "
-                "BT-2's bus? setting reader.batteries)",
-                slave,
-                failed,
-                skip + 1,
-                slave,
-            )
+    def _emit_reading(self, reading: Reading) -> None:
+        # A copy: the info blocks are added to this reading later in the cycle.
+        if isinstance(reading, BatteryCycle):
+            self._emit(ReadingEvent(reading.copy()))
+        else:
+            self._emit(DeviceReadingEvent(reading.copy()))
 
-    def _back_off_device(self, kind: str, slave: int) -> None:
-        """As for batteries (slave ids are unique on a bus, so they share the counters)."""
+    def _back_off(self, kind: str, slave: int) -> None:
+        """Probe a unit that stopped answering less and less often (1, 2, 4 ... 32 cycles apart); slave
+        ids are unique on a bus, so batteries and devices share the counters."""
         failed = self._failed_cycles[slave] = self._failed_cycles.get(slave, 0) + 1
         skip = min(2 ** (failed - 1), MAX_PROBE_SPACING) - 1
         self._skip_until[slave] = self.stats.cycles + 1 + skip
         if skip:
-            self._emit(DeviceBackedOff(kind, slave, failed, skip + 1))
+            self._emit(
+                BatteryBackedOff(slave, failed, skip + 1)
+                if kind == BATTERY
+                else DeviceBackedOff(kind, slave, failed, skip + 1)
+            )
         if skip and (failed == 2 or skip == MAX_PROBE_SPACING - 1):
             _LOGGER.warning(
                 "%s %d has not answered for %d cycles; probing it every %d cycles (is slave id %d on this "
-                "BT-2's bus? setting reader.devices)",
+                "BT-2's bus? setting %s)",
                 kind,
                 slave,
                 failed,
                 skip + 1,
                 slave,
+                "reader.batteries" if kind == BATTERY else "reader.devices",
             )
+
+    async def _read_values(self, kind: str, slave: int) -> Reading:
+        """A unit's every-cycle blocks (a battery's merged read where its pack takes it)."""
+        assert self.bt2 is not None
+        if kind == BATTERY:
+            return await self._read_battery_values(slave)
+        reading = DeviceCycle(family(kind), self.bt2, slave)
+        await self._read_device_blocks(reading, "cycle")
+        return reading
+
+    def _info_due(self, slave: int) -> bool:
+        return time.monotonic() >= self.info_due.get(slave, 0.0)
+
+    def _wants_info(self, reading: Reading) -> bool:
+        """Info is due, and the unit answered this cycle (a battery: its status block)."""
+        if not self._info_due(reading.slave_id):
+            return False
+        if isinstance(reading, BatteryCycle):
+            return registers.BLOCK_STATUS[0] not in reading.failed
+        return any(block.cadence == "info" for block in reading.family.blocks)
+
+    async def _read_info(self, reading: Reading) -> None:
+        """Add a unit's info blocks to its reading of this cycle."""
+        if isinstance(reading, BatteryCycle):
+            for start, words in registers.BLOCKS_INFO:
+                await self._add_battery_block(reading, start, words)
+        else:
+            await self._read_device_blocks(reading, "info")
+
+    # --- batteries ---------------------------------------------------------------------------------
+
+    async def _read_battery_values(self, slave: int) -> BatteryCycle:
+        assert self.bt2 is not None
+        reading = BatteryCycle(self.bt2, slave)
+        if slave not in self.split:
+            merged = await self._read_merged(slave)
+            if merged is not None:
+                if merged.parts:
+                    start = registers.BLOCK_MERGED[0]
+                    reading.add_merged(start, merged.parts, merged.response.frame, merged.received_at)
+                for start in merged.refused:
+                    reading.fail_block(start)
+                return reading
+            if self._link_unavailable:
+                return reading
+        for start, words in BLOCKS_EVERY_CYCLE:
+            if (
+                not await self._add_battery_block(reading, start, words)
+                and start == registers.BLOCK_STATUS[0]
+            ):
+                break  # silent or unreachable: do not spend the cycle's timeouts on its other blocks
+        return reading
+
+    async def _add_battery_block(self, reading: BatteryCycle, start: int, words: int) -> bool:
+        slave = reading.slave_id
+        result = await self._read_block(
+            ReadRequest(slave, start, words),
+            f"battery {slave}",
+            lambda values: registers.decode_screened(start, values, family=self._family()),
+            BATTERY_WORDING,
+        )
+        if result is None:
+            reading.fail_block(start)
+            return False
+        response, values, received_at = result
+        reading.add_block(start, values, response.frame, received_at)
+        if start == registers.BLOCK_INFO[0]:
+            self.identities.setdefault(slave, Identity()).update(values)
+            self.info_due[slave] = time.monotonic() + self.cfg.info_interval
+        return True
+
+    async def _read_merged(self, slave: int) -> _MergedRead | None:
+        """One read of 5000 x 49 for the cells and status blocks; None: read them in blocks instead.
+
+        A pack that answers it with a Modbus exception, or not at all, is read in blocks from then on
+        (that pack only: the others of the cycle still try theirs). Each part is decoded and screened on
+        its own, exactly as its own block would be, so a merged read can never publish a value the split
+        reads would not.
+        """
+        start, words = registers.BLOCK_MERGED
+        attempts = 1 + self.cfg.retries
+        last: _MergedRead | None = None
+        for attempt in range(1, attempts + 1):
+            if not await self._linked():
+                return last
+            assert self.link is not None
+            try:
+                response = await self.link.request(ReadRequest(slave, start, words))
+            except LinkError as exc:
+                if exc.reconnect:
+                    await self.link.disconnect()
+                if exc.kind in MERGED_REFUSED:
+                    self.split.add(slave)
+                    _LOGGER.info(
+                        "battery %d: merged read %dx%d not answered (%s: %s); reading it in blocks from now on",
+                        slave,
+                        start,
+                        words,
+                        exc.kind,
+                        exc,
+                    )
+                    return None
+                # Not the pack's answer (the link garbled it): the blocks this cycle, merged again the next.
+                self.stats.request_failed(slave, exc.kind)
+                self._log.failure(
+                    f"{slave}",
+                    "battery %s: read %sx%s failed (%s: %s); reading its blocks this cycle",
+                    slave,
+                    start,
+                    words,
+                    exc.kind,
+                    exc,
+                )
+                return None
+            last = self._decode_merged(slave, response, time.time())
+            self.stats.request_ok(slave, last.received_at)
+            self._add_floor(words)
+            if not last.refused:
+                self._log.success(f"{slave}")
+                return last
+            self._request_failed(
+                slave,
+                "implausible",
+                f"battery {slave}: read {start}x{words} decoded to an implausible value "
+                f"({'; '.join(last.refused.values())}); not published",
+                attempt,
+                attempts,
+            )
+        return last
+
+    def _decode_merged(self, slave: int, response: ReadResponse, received_at: float) -> _MergedRead:
+        out = _MergedRead(response, received_at)
+        start = registers.BLOCK_MERGED[0]
+        for part_start, part_words in registers.MERGED_PARTS:
+            part = registers.block_slice(start, response.registers, part_start, part_words)
+            try:
+                values, dropped = registers.decode_screened(part_start, part, family=self._family())
+            except registers.BlockError as exc:
+                out.refused[part_start] = f"{part_start}x{part_words}: {exc}"
+                continue
+            out.parts[part_start] = values
+            part_request = ReadRequest(slave, part_start, part_words)
+            self._log_dropped(f"battery {slave}", part_request, dropped, BATTERY_WORDING.dropped)
+        return out
 
     # --- other devices ---------------------------------------------------------------------------
 
     async def read_device(self, kind: str, slave: int) -> DeviceCycle:
-        """One device's blocks of this cycle (its family's read plan), decoded and screened."""
-        assert self.bt2 is not None
-        fam = family(kind)
-        reading = DeviceCycle(fam, self.bt2, slave)
-        info_due = time.monotonic() >= self._device_info_due.get(slave, 0.0)
-        for block in read_plan(fam, info_due):
-            result = await self.read_device_block(fam, slave, block.start, block.words)
+        """One device's blocks of this cycle (its family's read plan), decoded and screened: the
+        read after a write, every-cycle and (when due) info blocks in one reading."""
+        reading = await self._read_values(kind, slave)
+        assert isinstance(reading, DeviceCycle)
+        if reading.any_good and self._wants_info(reading):
+            await self._read_info(reading)
+        return reading
+
+    async def _read_device_blocks(self, reading: DeviceCycle, cadence: str) -> None:
+        """Add a device's blocks of one cadence ("cycle" or "info") to its reading."""
+        fam, slave = reading.family, reading.slave_id
+        for block in read_plan(fam, cadence == "info"):
+            if block.cadence != cadence:
+                continue
+            result = await self._read_block(
+                ReadRequest(slave, block.start, block.words),
+                f"{fam.kind} {slave}",
+                functools.partial(decode, fam, block.start),
+                DEVICE_WORDING,
+            )
             if result is None:
                 reading.fail_block(block.start)
                 if not reading.any_good:
                     break  # silent or unreachable: do not spend the cycle's timeouts on its other blocks
                 continue
-            values, received_at = result
+            _response, values, received_at = result
             reading.add_block(values, received_at)
-            if block.cadence == "info":
+            if cadence == "info":
                 identity = self.device_identities.setdefault(slave, {})
                 identity.update({k: v for k, v in values.items() if k in fam.identity})
-                self._device_info_due[slave] = time.monotonic() + self.cfg.info_interval
+                self.info_due[slave] = time.monotonic() + self.cfg.info_interval
         reading.identity = dict(self.device_identities.get(slave, {}))
-        return reading
 
-    async def read_device_block(
-        self, fam: DeviceFamily, slave: int, start: int, words: int
-    ) -> tuple[dict[str, registers.Value], float] | None:
-        request = ReadRequest(slave, start, words)
-        label = f"{fam.kind} {slave}"
+    # --- one request ---------------------------------------------------------------------------------
+
+    async def _linked(self) -> bool:
+        """The link is up, or was made again; False (and the cycle's reads end) when it cannot be."""
+        if (self.link is None or not self.link.connected) and not await self.ensure_link():
+            self._link_unavailable = True
+            return False
+        return True
+
+    async def _read_block(
+        self, request: ReadRequest, label: str, decode_block: Decoder, wording: _Wording
+    ) -> BlockResult | None:
+        """One block with retries: a link error reconnects where the session cannot be trusted, a block
+        that does not decode is asked again; None when every attempt failed (or the link is down)."""
+        slave, start, words = request.slave, request.start, request.count
         attempts = 1 + self.cfg.retries
         for attempt in range(1, attempts + 1):
-            if (self.link is None or not self.link.connected) and not await self.ensure_link():
-                self._link_unavailable = True
+            if not await self._linked():
                 return None
             assert self.link is not None
             try:
                 response = await self.link.request(request)
                 received_at = time.time()
-                values, dropped = decode(fam, start, response.registers)
+                values, dropped = decode_block(response.registers)
             except LinkError as exc:
                 action = "; reconnecting" if exc.reconnect else ""
                 self._request_failed(
@@ -390,35 +571,38 @@ class Poller:
                 if exc.reconnect:
                     await self.link.disconnect()
                 continue
-            except BlockError as exc:
+            except registers.BlockError as exc:
                 self._request_failed(
                     slave,
                     "implausible",
-                    f"{label}: read {start}x{words} did not decode ({exc}); not published",
+                    f"{label}: read {start}x{words} {wording.refused} ({exc}); not published",
                     attempt,
                     attempts,
                 )
                 continue
             self.stats.request_ok(slave, received_at)
             self._log.success(f"{slave}")
-            self._log_device_dropped(label, slave, start, words, dropped)
+            self._log_dropped(label, request, dropped, wording.dropped)
             self._add_floor(words)
-            return values, received_at
+            return response, values, received_at
         return None
 
-    def _log_device_dropped(self, label: str, slave: int, start: int, words: int, dropped: list[str]) -> None:
-        """A value outside its range is left out of the reading (never published); once per streak."""
-        key = f"{slave}:sensors:{start}"
+    def _log_dropped(self, label: str, request: ReadRequest, dropped: list[str], note: str) -> None:
+        """A value outside its range: ``note`` says what became of it, the rest of the block is published
+        as read (logged once per streak)."""
+        start, words = request.start, request.count
+        key = f"{request.slave}:sensors:{start}"
         if not dropped:
             self._log.success(key)
             return
         self._log.failure(
             key,
-            "%s: read %sx%s: %s; left out of the reading, the other values as read",
+            "%s: read %sx%s: %s; %s, the other values as read",
             label,
             start,
             words,
             "; ".join(dropped),
+            note,
         )
 
     # --- controls ----------------------------------------------------------------------------------
@@ -492,171 +676,6 @@ class Poller:
             )
         self.stats.request_ok(slave, time.time())
         return confirm(accepted, response.registers)
-
-    def _info_due(self, slave: int) -> bool:
-        return time.monotonic() >= self.info_due.get(slave, 0.0)
-
-    async def read_battery(self, slave: int) -> BatteryCycle:
-        assert self.bt2 is not None
-        reading = BatteryCycle(self.bt2, slave)
-        blocks = list(BLOCKS_EVERY_CYCLE)
-        if slave not in self.split:
-            merged = await self._read_merged(slave)
-            if merged is not None:
-                if merged.parts:
-                    start = registers.BLOCK_MERGED[0]
-                    reading.add_merged(start, merged.parts, merged.response.frame, merged.received_at)
-                for start in merged.refused:
-                    reading.fail_block(start)
-                if registers.BLOCK_STATUS[0] not in merged.parts:
-                    return reading  # as in blocks: a pack without good status values spends no more time
-                blocks = []
-            elif self._link_unavailable:
-                return reading
-        if self._info_due(slave):
-            blocks.extend(registers.BLOCKS_INFO)
-        for start, words in blocks:
-            result = await self.read_block(slave, start, words)
-            if result is None:
-                reading.fail_block(start)
-                if start == registers.BLOCK_STATUS[0]:
-                    break  # silent or unreachable: do not spend the cycle's timeouts on its other blocks
-                continue
-            response, values, received_at = result
-            reading.add_block(start, values, response.frame, received_at)
-            if start == registers.BLOCK_INFO[0]:
-                self.identities.setdefault(slave, Identity()).update(values)
-                self.info_due[slave] = time.monotonic() + self.cfg.info_interval
-        return reading
-
-    async def _read_merged(self, slave: int) -> _MergedRead | None:
-        """One read of 5000 x 49 for the cells and status blocks; None: read them in blocks instead.
-
-        A pack that answers it with a Modbus exception, or not at all, is read in blocks from then on.
-        Each part is decoded and screened on its own, exactly as its own block would be, so a merged
-        read can never publish a value the split reads would not.
-        """
-        start, words = registers.BLOCK_MERGED
-        attempts = 1 + self.cfg.retries
-        last: _MergedRead | None = None
-        for attempt in range(1, attempts + 1):
-            if (self.link is None or not self.link.connected) and not await self.ensure_link():
-                self._link_unavailable = True
-                return last
-            assert self.link is not None
-            try:
-                response = await self.link.request(ReadRequest(slave, start, words))
-            except LinkError as exc:
-                if exc.reconnect:
-                    await self.link.disconnect()
-                if exc.kind in MERGED_REFUSED:
-                    self.split.add(slave)
-                    _LOGGER.info(
-                        "battery %d: merged read %dx%d not answered (%s: %s); reading it in blocks from now on",
-                        slave,
-                        start,
-                        words,
-                        exc.kind,
-                        exc,
-                    )
-                    return None
-                # Not the pack's answer (the link garbled it): the blocks this cycle, merged again the next.
-                self.stats.request_failed(slave, exc.kind)
-                self._log.failure(
-                    f"{slave}",
-                    "battery %s: read %sx%s failed (%s: %s); reading its blocks this cycle",
-                    slave,
-                    start,
-                    words,
-                    exc.kind,
-                    exc,
-                )
-                return None
-            last = self._decode_merged(slave, response, time.time())
-            self.stats.request_ok(slave, last.received_at)
-            self._add_floor(words)
-            if not last.refused:
-                self._log.success(f"{slave}")
-                return last
-            self._request_failed(
-                slave,
-                "implausible",
-                f"battery {slave}: read {start}x{words} decoded to an implausible value "
-                f"({'; '.join(last.refused.values())}); not published",
-                attempt,
-                attempts,
-            )
-        return last
-
-    def _decode_merged(self, slave: int, response: ReadResponse, received_at: float) -> _MergedRead:
-        out = _MergedRead(response, received_at)
-        start = registers.BLOCK_MERGED[0]
-        for part_start, part_words in registers.MERGED_PARTS:
-            part = registers.block_slice(start, response.registers, part_start, part_words)
-            try:
-                values, dropped = registers.decode_screened(part_start, part, family=self._family())
-            except registers.BlockError as exc:
-                out.refused[part_start] = f"{part_start}x{part_words}: {exc}"
-                continue
-            out.parts[part_start] = values
-            self._log_dropped(slave, part_start, part_words, dropped)
-        return out
-
-    async def read_block(self, slave: int, start: int, words: int) -> BlockResult | None:
-        request = ReadRequest(slave, start, words)
-        attempts = 1 + self.cfg.retries
-        for attempt in range(1, attempts + 1):
-            if (self.link is None or not self.link.connected) and not await self.ensure_link():
-                self._link_unavailable = True
-                return None
-            assert self.link is not None
-            try:
-                response = await self.link.request(request)
-                received_at = time.time()
-                values, dropped = registers.decode_screened(start, response.registers, family=self._family())
-            except LinkError as exc:
-                action = "; reconnecting" if exc.reconnect else ""
-                self._request_failed(
-                    slave,
-                    exc.kind,
-                    f"battery {slave}: read {start}x{words} failed ({exc.kind}: {exc}){action}",
-                    attempt,
-                    attempts,
-                )
-                if exc.reconnect:
-                    await self.link.disconnect()
-                continue
-            except registers.BlockError as exc:
-                self._request_failed(
-                    slave,
-                    "implausible",
-                    f"battery {slave}: read {start}x{words} decoded to an "
-                    f"implausible value ({exc}); not published",
-                    attempt,
-                    attempts,
-                )
-                continue
-            self.stats.request_ok(slave, received_at)
-            self._log.success(f"{slave}")
-            self._log_dropped(slave, start, words, dropped)
-            self._add_floor(words)
-            return response, values, received_at
-        return None
-
-    def _log_dropped(self, slave: int, start: int, words: int, dropped: list[str]) -> None:
-        """One sensor outside its range is published as null, the rest of the block as read (once per streak)."""
-        key = f"{slave}:sensors:{start}"
-        if not dropped:
-            self._log.success(key)
-            return
-        self._log.failure(
-            key,
-            "battery %s: read %sx%s: %s; published as null, the other values as read",
-            slave,
-            start,
-            words,
-            "; ".join(dropped),
-        )
 
     def _request_failed(self, slave: int, kind: str, message: str, attempt: int, attempts: int) -> None:
         self.stats.request_failed(slave, kind)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.devices import DeviceFamily, reading_payload
@@ -96,6 +96,10 @@ class BatteryCycle:
     def fail_block(self, start: int) -> None:
         self.failed.append(start)
 
+    def copy(self) -> BatteryCycle:
+        """This reading as it is now (the cycle may add its info blocks to this one afterwards)."""
+        return replace(self, values=dict(self.values), raw=dict(self.raw), failed=list(self.failed))
+
     @property
     def any_good(self) -> bool:
         return bool(self.raw)
@@ -141,6 +145,10 @@ class DeviceCycle:
 
     def fail_block(self, start: int) -> None:
         self.failed.append(start)
+
+    def copy(self) -> DeviceCycle:
+        """This reading as it is now (the cycle may add its info blocks to this one afterwards)."""
+        return replace(self, values=dict(self.values), failed=list(self.failed), identity=dict(self.identity))
 
     @property
     def any_good(self) -> bool:

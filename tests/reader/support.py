@@ -71,6 +71,21 @@ def readings(probe: MqttProbe, slave: int | None = None) -> list[dict[str, Any]]
     return out
 
 
+def first_cycle(
+    probe: MqttProbe, slaves: tuple[int, ...]
+) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each battery's two readings of a fresh start: its values, then the same sample (time, monotonic
+    time, frames) with its info blocks and identity."""
+    out = {}
+    for slave in slaves:
+        values, full = readings(probe, slave)[:2]
+        assert (full["ts"], full["mono"]) == (values["ts"], values["mono"]), slave
+        assert full["raw"].items() >= values["raw"].items() and {"5100", "5104"} <= full["raw"].keys()
+        assert "model" not in values and "status1" not in values and "5104" not in values["raw"]
+        out[slave] = (values, full)
+    return out
+
+
 def assert_truthful(reading: dict[str, Any], sim: BankSimulator) -> None:
     """Every frame in the reading is one the simulator sent as a genuine reply, and the values are its values."""
     slave = reading["slave_id"]

@@ -35,7 +35,7 @@ async def test_every_family_reading_equals_the_models_truth() -> None:
     async with poller_on_sim(sim, devices=_pairs(DEVICES)) as (poller, events):
         assert await poller.cycle() == 4  # the battery and the three devices
         batteries = [e for e in events if isinstance(e, ReadingEvent)]
-        assert [e.reading.slave_id for e in batteries] == [48]
+        assert [e.reading.slave_id for e in batteries] == [48, 48]  # its values, then its identity
         readings = {e.reading.slave_id: e.reading for e in events if isinstance(e, DeviceReadingEvent)}
         assert sorted(readings) == [1, 32, 96]
         for kind, slave in DEVICES:
@@ -67,7 +67,8 @@ async def test_a_device_that_does_not_answer_is_backed_off() -> None:
             await poller.cycle()
         backed = [e for e in events if isinstance(e, DeviceBackedOff)]
         assert backed and backed[0] == DeviceBackedOff("dcc", 5, 2, 2)
-        assert sum(isinstance(e, DeviceReadingEvent) and e.reading.slave_id == 1 for e in events) == 3
+        # One a cycle, and a second with the identity in the first.
+        assert sum(isinstance(e, DeviceReadingEvent) and e.reading.slave_id == 1 for e in events) == 4
         assert not any(isinstance(e, DeviceReadingEvent) and e.reading.slave_id == 5 for e in events)
 
 
@@ -86,7 +87,7 @@ async def test_an_out_of_range_register_is_left_out(caplog: pytest.LogCaptureFix
         await poller.cycle()
         await poller.cycle()
     readings = [e.reading for e in events if isinstance(e, DeviceReadingEvent)]
-    assert len(readings) == 2
+    assert len(readings) == 3  # the first cycle's values, its identity, the second cycle's values
     for reading in readings:
         assert "pv_voltage" not in reading.values and "pv_voltage" not in reading.payload("boot")
         assert "battery_voltage" in reading.values

@@ -95,7 +95,9 @@ async def test_duty_cycle_follows_its_schedule(mosquitto) -> None:
     async with reader_on_sim(mosquitto.url, scan_duty=[active, idle]) as (reader, _sim, probe):
         rec = Recorder(reader)
         # Three rests and the scans in between, each transition within its deadline.
-        await rec.wait(lambda: rec.names().count("running") >= 3, 3 * (active + idle) + 3.0, "three duty periods")
+        await rec.wait(
+            lambda: rec.names().count("running") >= 3, 3 * (active + idle) + 3.0, "three duty periods"
+        )
         names = rec.names()
         first = names.index("stopping")
         assert names[first : first + 8] == list(REST) * 2
@@ -111,7 +113,9 @@ async def test_duty_cycle_follows_its_schedule(mosquitto) -> None:
         assert {advert[1] for advert in rec.adverts} <= {"running"}
         # What the gateway (and so bleak-esphome) is told: idle between the scans.
         await probe.wait_for(
-            lambda: "idle" in [orjson.loads(m.payload)["state"] for m in probe.messages if m.topic == SCANNER],
+            lambda: (
+                "idle" in [orjson.loads(m.payload)["state"] for m in probe.messages if m.topic == SCANNER]
+            ),
             what="idle published",
         )
         # Reads still work with the scanner resting part of the time.
@@ -216,8 +220,10 @@ async def test_gateway_client_sees_the_pause(mosquitto, tmp_path) -> None:
             seen = len(states)
             assert await reader.cycle() == 4
             await wait_until(
-                lambda: [s.state for s in states[seen:]][-1:] == [BluetoothScannerState.RUNNING]
-                and BluetoothScannerState.IDLE in [s.state for s in states[seen:]],
+                lambda: (
+                    [s.state for s in states[seen:]][-1:] == [BluetoothScannerState.RUNNING]
+                    and BluetoothScannerState.IDLE in [s.state for s in states[seen:]]
+                ),
                 what="idle, then running again",
             )
         finally:

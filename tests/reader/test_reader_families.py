@@ -64,7 +64,10 @@ async def test_family_readings_are_published_and_parse(mosquitto) -> None:
         await reader.cycle()
         for kind, slave in (("controller", 1), ("dcc", 96), ("inverter", 32)):
             topic = TOPICS.reading(BT2, slave, kind)
-            await probe.wait_for(lambda topic=topic: topic in probe.latest, what=topic)
+            # The second reading of the first cycle: the one with the identity.
+            await probe.wait_for(
+                lambda topic=topic: topic in probe.latest and "model" in probe.json(topic), what=topic
+            )
             message = probe.latest[topic]
             parsed = parse_family_reading(family(kind), message.payload, bt2=BT2, slave_id=slave)
             assert parsed.boot_id == reader.runtime.boot_id and parsed.mono is not None
@@ -74,7 +77,7 @@ async def test_family_readings_are_published_and_parse(mosquitto) -> None:
         health = await probe.wait_for(
             lambda: probe.latest.get(TOPICS.bridge_health("reader", "default")), what="health"
         )
-        assert orjson.loads(health.payload)["readings_published"] == 4
+        assert orjson.loads(health.payload)["readings_published"] == 8  # values, then identity
 
 
 async def test_control_on_writes_reads_back_and_the_reading_follows(mosquitto) -> None:
