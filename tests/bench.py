@@ -132,6 +132,7 @@ def _fmt(value: Any) -> str:
 # (column title, dotted key in the bench figures)
 BENCH_COLUMNS = (
     ("cycle s (MTU 251)", "reader.mtu251.cycle_s"),
+    ("merged cycle s", "reader.cycle_4_batteries.merged_s"),
     ("floor s", "reader.mtu251.floor_s"),
     ("× floor", "reader.mtu251.ratio_to_floor"),
     ("old 0.5 s-sleep cycle s", "reader.old_0_5s_sleep.cycle_s"),
@@ -425,9 +426,10 @@ def _against_monolith(figures: dict[str, Any]) -> str:
         if pss
         else "–"
     )
-    cycle = get("reader.mtu251.cycle_s")
+    merged, blocks = get("reader.cycle_4_batteries.merged_s"), get("reader.mtu251.cycle_s")
+    cycle = f"{_fmt(merged)} merged reads ({_fmt(blocks)} in blocks)" if merged is not None else _fmt(blocks)
     rows = [
-        ["4-battery read cycle s", _fmt(MONOLITH["cycle_s"]), _fmt(cycle)],
+        ["4-battery read cycle s", _fmt(MONOLITH["cycle_s"]), cycle],
         ["CPU s/min, poll 120 s", _fmt(MONOLITH["cpu_s_per_min_120s"]), cpu("poll_120s")],
         ["CPU s/min, poll 30 s", _fmt(MONOLITH["cpu_s_per_min_30s"]), cpu("poll_30s")],
         ["start-up CPU s", str(MONOLITH["startup_cpu_s"]), _fmt(tree.get("startup_cpu_s_total"))],
