@@ -14,7 +14,7 @@ as alarms, as renogy-ble does).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Literal
@@ -451,18 +451,3 @@ def consistency_warnings(start: int, words: int, values: Mapping[str, Value]) ->
         ):
             warnings.append(f"{field.name} = {text!r} is not text; is this the reply to another register?")
     return warnings
-
-
-def describe(fields: Iterable[Field] = REGISTER_MAP) -> list[dict[str, object]]:
-    """The table as plain data (for docs and the ``decode`` command)."""
-    return [
-        {
-            "address": f.address,
-            "words": f.words,
-            "field": f.name,
-            "kind": f.kind,
-            "scale": f.scale,
-            "unit": f.unit,
-        }
-        for f in fields
-    ]
