@@ -7,7 +7,6 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from bleak.args import SizedBuffer
@@ -32,15 +31,8 @@ CCCD_NOTIFY = b"\x01\x00"
 class SimBT2Client(SimLinkClient):
     """A BT-2 reached over a simulated BLE link; finds its simulator in BLEDevice.details or the registry."""
 
-    def __init__(
-        self,
-        address_or_ble_device: BLEDevice | str,
-        *,
-        disconnected_callback: Callable[[], None] | None = None,
-        timeout: float = 10.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout)
+    def __init__(self, address_or_ble_device: BLEDevice | str, **kwargs: Any) -> None:
+        super().__init__(address_or_ble_device, **kwargs)
         self._sim: BankSimulator | None = self._details(address_or_ble_device, BankSimulator)
         self._values: dict[int, bytes] = {}
         self._queue: list[tuple[float, int, Action]] = []
@@ -56,10 +48,7 @@ class SimBT2Client(SimLinkClient):
     @property
     def simulator(self) -> BankSimulator:
         """The simulated BT-2 behind this client (raises BleakDeviceNotFoundError when there is none)."""
-        if self._sim is None:
-            self._sim = simulator_for(self.address)
-        if self._sim is None:
-            raise self._not_found()
+        self._sim = self._resolve(self._sim, simulator_for)
         return self._sim
 
     @property
@@ -247,9 +236,7 @@ class SimBT2Client(SimLinkClient):
 
     def _link_dropped(self) -> None:
         _LOGGER.debug("simulated link to %s dropped", self.address)
-        self._teardown()
-        if self._disconnected_callback is not None:
-            self._disconnected_callback()
+        super()._link_dropped()
 
 
 async def _hang() -> NoReturn:

@@ -36,13 +36,14 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
-from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
+from bleak.backends.service import BleakGATTServiceCollection
 from bleak.exc import BleakDBusError, BleakDeviceNotFoundError, BleakError
 from bleak.uuids import normalize_uuid_16
 
 from shared.timing import DEFAULT_TIMING, TimingModel
 
 from .adverts import PUBLIC, SimAdvertisement, _advertisement
+from .gatt import service_collection
 from .link import SimLinkClient
 
 _LOGGER = logging.getLogger(__name__)
@@ -286,24 +287,14 @@ def _not_permitted(what: str) -> BleakDBusError:
 class SimPeripheralClient(SimLinkClient):
     """``BleakClient(address, backend=SimPeripheralClient)``: a link to a registered SimPeripheral."""
 
-    def __init__(
-        self,
-        address_or_ble_device: BLEDevice | str,
-        *,
-        disconnected_callback: Callable[[], None] | None = None,
-        timeout: float = 10.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout)
+    def __init__(self, address_or_ble_device: BLEDevice | str, **kwargs: Any) -> None:
+        super().__init__(address_or_ble_device, **kwargs)
         self._peripheral: SimPeripheral | None = self._details(address_or_ble_device, SimPeripheral)
         self._pending: set[asyncio.TimerHandle] = set()
 
     @property
     def peripheral(self) -> SimPeripheral:
-        if self._peripheral is None:
-            self._peripheral = peripheral_for(self.address)
-        if self._peripheral is None:
-            raise self._not_found()
+        self._peripheral = self._resolve(self._peripheral, peripheral_for)
         return self._peripheral
 
     @property
@@ -335,23 +326,7 @@ class SimPeripheralClient(SimLinkClient):
 
     def _build_services(self) -> BleakGATTServiceCollection:
         p = self.peripheral
-        collection = BleakGATTServiceCollection()
-        for spec in p.services:
-            service = BleakGATTService(None, spec.handle, spec.uuid)
-            collection.add_service(service)
-            for char_spec in spec.chars:
-                char = BleakGATTCharacteristic(
-                    None,
-                    char_spec.handle,
-                    char_spec.uuid,
-                    list(char_spec.properties),
-                    lambda: p.mtu - 3,
-                    service,
-                )
-                collection.add_characteristic(char)
-                if char_spec.cccd is not None:
-                    collection.add_descriptor(BleakGATTDescriptor(None, char_spec.cccd, CCCD_UUID, char))
-        return collection
+        return service_collection(p.services, lambda: p.mtu - 3)
 
     def _teardown(self) -> None:
         self._connected = False
@@ -364,11 +339,8 @@ class SimPeripheralClient(SimLinkClient):
             p.disconnected()
 
     def _link_dropped(self) -> None:
-        if not self._connected:
-            return
-        self._teardown()
-        if self._disconnected_callback is not None:
-            self._disconnected_callback()
+        if self._connected:  # a drop racing a disconnect is a no-op
+            super()._link_dropped()
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
         await self._op()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -114,13 +114,36 @@ def _table(name: str) -> tuple[_Service, ...]:
     )
 
 
-def build_services(
-    name: str, max_write_without_response_size: Callable[[], int]
-) -> tuple[BleakGATTServiceCollection, dict[int, bytes]]:
-    """The BT-2's service collection and the initial value of every readable handle."""
+class CharLike(Protocol):
+    """What :func:`service_collection` reads of a characteristic spec (gatt ``_Char``, devices ``CharSpec``)."""
+
+    @property
+    def handle(self) -> int: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def properties(self) -> list[CharacteristicPropertyName]: ...
+    @property
+    def cccd(self) -> int | None: ...
+
+
+class ServiceLike(Protocol):
+    """What :func:`service_collection` reads of a service spec."""
+
+    @property
+    def handle(self) -> int: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def chars(self) -> Sequence[CharLike]: ...
+
+
+def service_collection(
+    services: Iterable[ServiceLike], max_write_without_response_size: Callable[[], int]
+) -> BleakGATTServiceCollection:
+    """A bleak service collection of ``services``: every characteristic, and a CCCD where it has one."""
     collection = BleakGATTServiceCollection()
-    values: dict[int, bytes] = {}
-    for spec in _table(name):
+    for spec in services:
         service = BleakGATTService(None, spec.handle, spec.uuid)
         collection.add_service(service)
         for char_spec in spec.chars:
@@ -133,11 +156,27 @@ def build_services(
                 service,
             )
             collection.add_characteristic(char)
-            values[char_spec.handle] = char_spec.value
             if char_spec.cccd is not None:
                 collection.add_descriptor(BleakGATTDescriptor(None, char_spec.cccd, CCCD_UUID, char))
+    return collection
+
+
+def build_services(
+    name: str, max_write_without_response_size: Callable[[], int]
+) -> tuple[BleakGATTServiceCollection, dict[int, bytes]]:
+    """The BT-2's service collection and the initial value of every readable handle."""
+    table = _table(name)
+    collection = service_collection(table, max_write_without_response_size)
+    values: dict[int, bytes] = {}
+    for spec in table:
+        for char_spec in spec.chars:
+            values[char_spec.handle] = char_spec.value
+            if char_spec.cccd is not None:
                 values[char_spec.cccd] = b"\x00\x00"
             if char_spec.user_description is not None:
+                # After the CCCD in the characteristic's own descriptor list, as on the BT-2.
+                char = collection.get_characteristic(char_spec.handle)
+                assert char is not None
                 collection.add_descriptor(
                     BleakGATTDescriptor(None, char_spec.user_description, USER_DESCRIPTION_UUID, char)
                 )

@@ -14,7 +14,10 @@ _T = TypeVar("_T")
 
 
 class SimLinkClient(BaseBleakClient):
-    """A bleak client over a simulated link: the link flag, the notify callbacks and the disconnect path."""
+    """A bleak client over a simulated link: the link flag, the notify callbacks and the disconnect path.
+
+    Subclasses that add state take ``(address_or_ble_device, **kwargs)`` and pass both on.
+    """
 
     def __init__(
         self,
@@ -37,6 +40,14 @@ class SimLinkClient(BaseBleakClient):
     def _not_found(self) -> BleakDeviceNotFoundError:
         return BleakDeviceNotFoundError(self.address, f"Device with address {self.address} was not found.")
 
+    def _resolve(self, known: _T | None, lookup: Callable[[str], _T | None]) -> _T:
+        """``known`` (from the BLEDevice), else what ``lookup`` registers at this address; looked up on
+        use, not at construction, so a client made before its device is registered still finds it."""
+        device = known if known is not None else lookup(self.address)
+        if device is None:
+            raise self._not_found()
+        return device
+
     @property
     def is_connected(self) -> bool:
         """True while the simulated link is up."""
@@ -48,6 +59,12 @@ class SimLinkClient(BaseBleakClient):
             return
         self._teardown()
         await asyncio.sleep(0)
+        if self._disconnected_callback is not None:
+            self._disconnected_callback()
+
+    def _link_dropped(self) -> None:
+        """The radio link is lost (unsolicited): tear it down and tell the owner."""
+        self._teardown()
         if self._disconnected_callback is not None:
             self._disconnected_callback()
 
