@@ -152,6 +152,7 @@ class Child:
     env: dict[str, str]
     config_path: Path | None = None
     fork: bool = False  # fork from the supervisor (SERVICE_MODULES) instead of a new interpreter
+    prepared: Config | ConfigError | None = None  # the first fork's configuration, loaded before preload
     process: Process | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -207,22 +208,40 @@ def preload(simulator: bool) -> None:
     gc.disable()
     for name in (*SHARED_MODULES, *SERVICE_MODULES.values()):
         importlib.import_module(name)
-    if simulator:  # the reader's BT-2 backend when no BT-2 is configured
-        importlib.import_module("services.simulator")
+    if simulator:  # the reader's BT-2 backend when no BT-2 is configured (and its glue, else imported
+        importlib.import_module("services.simulator")  # by the reader after the fork)
+        importlib.import_module("services.reader.simulate")
     gc.freeze()
     gc.enable()
 
 
 def _fork(child: Child) -> ForkedProcess:
     loop = asyncio.get_running_loop()
+    config, child.prepared = child.prepared or service_config(child), None
     gc.freeze()  # what the supervisor allocated since: shared too, and one collection less per child
     pid = os.fork()
     if pid == 0:
-        _forked_child(child, loop)
+        _forked_child(child, config, loop)
     return ForkedProcess(pid)
 
 
-def _forked_child(child: Child, parent_loop: asyncio.AbstractEventLoop) -> NoReturn:
+def service_config(child: Child) -> Config | ConfigError:
+    """The configuration `renogy-proxy SERVICE` would load in the child's environment.
+
+    Loaded by the supervisor, not by the forked child: load_config evaluates every setting's type hints
+    and validates every key, and in a child each object it touches or allocates copies a shared page
+    (USS traced through a child's start: ~0.5 MB less in each child and in the supervisor). A restart
+    loads it again, so an edited file applies as it would to a new process."""
+    path = child.config_path or (Path(p) if (p := child.env.get(CONFIG_ENV)) else None)
+    try:
+        return load_config(path, environ=child.env)
+    except ConfigError as exc:
+        return exc
+
+
+def _forked_child(
+    child: Child, config: Config | ConfigError, parent_loop: asyncio.AbstractEventLoop
+) -> NoReturn:
     """The child side of a fork: leave the supervisor's loop, signals and fds behind, run the service."""
     code = 1
     try:
@@ -230,7 +249,7 @@ def _forked_child(child: Child, parent_loop: asyncio.AbstractEventLoop) -> NoRet
         _set_process_name(process_name(child.name))
         os.environ.clear()
         os.environ.update(child.env)
-        code = _run_service(child.name, child.config_path)
+        code = _run_service(child.name, config)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
@@ -277,15 +296,13 @@ def _set_process_name(name: str) -> None:
         libc.prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
 
 
-def _run_service(name: str, config_path: Path | None) -> int:
+def _run_service(name: str, config: Config | ConfigError) -> int:
     """What `renogy-proxy SERVICE` does, in the forked child (the supervisor already warned about
     unknown variables in the same environment)."""
     from shared.logsetup import setup_logging  # noqa: PLC0415 - loaded by the supervisor already
 
-    try:
-        config = load_config(config_path or (Path(p) if (p := os.environ.get(CONFIG_ENV)) else None))
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    if isinstance(config, ConfigError):
+        print(f"configuration error: {config}", file=sys.stderr)
         return EXIT_CANNOT_START
     setup_logging(config.log_level, name)
     entry = importlib.import_module(SERVICE_MODULES[name]).run
@@ -409,12 +426,17 @@ async def run_stack(args: argparse.Namespace, config: Config) -> int:
         while not mqtt_answers(address.host, address.port, timeout=0.5):
             if time.monotonic() > deadline or stop.is_set():
                 if not stop.is_set():
-                    _LOGGER.error("the embedded broker did not come up on %s; see its log lines above", address)
+                    _LOGGER.error(
+                        "the embedded broker did not come up on %s; see its log lines above", address
+                    )
                     exit_code = EXIT_BROKER_FAILED
                 stop.set()
                 break
             await asyncio.sleep(0.1)
     if not stop.is_set():
+        for child in services:
+            if child.fork:  # before preload: its garbage is collected, not frozen into the shared pages
+                child.prepared = service_config(child)
         if any(child.fork for child in services):
             preload(simulator=config.simulator.enabled or not _bt2_configured(config))
         for child in services:
