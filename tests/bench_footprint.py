@@ -13,6 +13,10 @@ Child processes (started by the benchmark, not by users)::
     python -m tests.bench_footprint sim-alone              # the simulator alone (config from RENOGY_*)
     python -m tests.bench_footprint flood-alone --rate N   # the advert generator alone, no-op consumer
     python -m tests.bench_footprint flood-reader --rate N  # the reader, with N extra adverts/s heard
+
+Just the run-tree figures (what `make bench ARGS="--only footprint"` measures first), printed as JSON::
+
+    python -m tests.bench_footprint run-tree [--settle 60] [--no-fork]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -500,7 +505,12 @@ def compile_bytecode(prefix: Path) -> Path:
 
 
 async def run_tree(
-    broker_url: str | None, settle: float, tmp: Path, *, pycache: Path | None = None
+    broker_url: str | None,
+    settle: float,
+    tmp: Path,
+    *,
+    pycache: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """`renogy-proxy run` as a user starts it (external broker unless None), one client subscribed.
 
@@ -513,14 +523,18 @@ async def run_tree(
     from tests.support.brokers import free_port
 
     api_port, broker_port = free_port(), free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RENOGY_")} | {
-        "RENOGY_API_PORT": str(api_port),
-        "RENOGY_API_BIND": "127.0.0.1",
-        "RENOGY_MDNS": "false",
-        "RENOGY_STATE_DIR": str(tmp / "state"),
-        "RENOGY_POLL_INTERVAL": "120",
-        "RENOGY_LOG_LEVEL": "info",
-    }
+    env = (
+        {key: value for key, value in os.environ.items() if not key.startswith("RENOGY_")}
+        | {
+            "RENOGY_API_PORT": str(api_port),
+            "RENOGY_API_BIND": "127.0.0.1",
+            "RENOGY_MDNS": "false",
+            "RENOGY_STATE_DIR": str(tmp / "state"),
+            "RENOGY_POLL_INTERVAL": "120",
+            "RENOGY_LOG_LEVEL": "info",
+        }
+        | (extra_env or {})
+    )
     if pycache is not None:
         env["PYTHONPYCACHEPREFIX"] = str(pycache)
     script = Path(sys.executable).parent / "renogy-proxy"
@@ -599,6 +613,21 @@ async def bench_footprint(quick: bool) -> dict[str, Any]:
     return {"run_tree": tree_figures, "adverts": adverts}
 
 
+async def _run_tree_alone(settle: float, *, fork: bool) -> dict[str, Any]:
+    """run_tree as bench_footprint runs it (compiled bytecode, external broker), nothing else."""
+    from tests.bench import _broker
+
+    with tempfile.TemporaryDirectory() as tmp_text:
+        tmp = Path(tmp_text)
+        prefix = compile_bytecode(tmp / "pycache")
+        broker = await _broker(tmp)
+        try:
+            fork_env = {"RENOGY_RUN_FORK": "true" if fork else "false"}
+            return await run_tree(broker.url, settle, tmp, pycache=prefix, extra_env=fork_env)
+        finally:
+            await broker.stop()
+
+
 @contextlib.contextmanager
 def _env(**values: str) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in values}
@@ -615,10 +644,15 @@ def _env(**values: str) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench_footprint")
-    parser.add_argument("mode", choices=("sim-alone", "flood-alone", "flood-reader"))
+    parser.add_argument("mode", choices=("sim-alone", "flood-alone", "flood-reader", "run-tree"))
     parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--settle", type=float, default=60.0, help="run-tree: seconds before memory")
+    parser.add_argument("--no-fork", action="store_true", help="run-tree: RENOGY_RUN_FORK=false")
     args = parser.parse_args(argv)
-    if args.mode == "sim-alone":
+    if args.mode == "run-tree":
+        figures = asyncio.run(_run_tree_alone(args.settle, fork=not args.no_fork))
+        print(json.dumps(figures, indent=1))
+    elif args.mode == "sim-alone":
         asyncio.run(_sim_alone())
     elif args.mode == "flood-alone":
         asyncio.run(_flood_alone(args.rate))
