@@ -533,7 +533,7 @@ class StandInBlueZ:
     async def _link_up(self, device: _Device) -> None:
         assert device.sim is not None
         sim = device.sim
-        client = SimBT2Client(
+        client: SimBT2Client = SimBT2Client(
             BLEDevice(device.address, sim.local_name, sim),
             disconnected_callback=lambda: self._link_lost(device, client),
         )
