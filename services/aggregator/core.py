@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.aggregator.banks import BankSpec, Layout
-from services.aggregator.devices import FamilyDevices, info_fields
+from services.aggregator.devices import MAX_ASIDE, MAX_DEVICES, FamilyDevices, energy_family, info_fields
 from services.aggregator.documents import Outgoing, Publisher, bank_config, battery_config, values_of
-from services.aggregator.energy import MAX_COUNTER_WH, SECONDS_PER_HOUR, EnergyCounter, Step
+from services.aggregator.energy import MAX_COUNTER_WH, SECONDS_PER_HOUR, EnergyCounter, Step, counter_json
 from services.aggregator.entities import BANK, BATTERY, for_profile
 from services.aggregator.model import BankView, Battery, BatteryView, LinkInfo, Stamp
 from services.aggregator.model import Rejected as Rejected  # noqa: PLC0414 - re-exported for the service
@@ -48,7 +48,7 @@ class Settings:
     save_interval: float = 300.0
     forget_after: float = 7 * 86400.0  # s without a reading before a battery's device is removed
     refresh: float | None = None  # s; unchanged states are published again this often (None: never)
-    controls: bool = False  # opt-in writes: each family's switches are listed (services/aggregator/devices.py)
+    controls: bool = False  # opt-in writes: each family's switches are listed (aggregator/devices.py)
 
 
 @dataclass(slots=True)
@@ -120,34 +120,43 @@ class AggregatorCore:
     # --- persistence ---------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """The persistent part: every counter with its battery's identity, and the bank floors.
+        """The persistent part: every counter with its battery's identity, the counters of devices that
+        count energy (the shunt; their id holds their identity), and the bank floors.
 
         An anchor ahead of this host's clock is left out: after a restart it would make every reading
         until that time look out of order.
         """
-
-        def counter_json(counter: EnergyCounter) -> dict[str, Any]:
-            return self._counter_copy(counter, now)
-
         batteries: dict[str, Any] = {
-            device_id: {"bt2": None, "slave_id": None, "counter": counter_json(counter)}
+            device_id: {"bt2": None, "slave_id": None, "counter": self._counter_copy(counter, now)}
             for device_id, counter in self.orphans.items()
         }
         for device_id, battery in self.batteries.items():
             batteries[device_id] = {
                 "bt2": battery.bt2,
                 "slave_id": battery.slave_id,
-                "counter": counter_json(battery.counter),
+                "counter": self._counter_copy(battery.counter, now),
             }
         banks = {bank_id: {"in_wh": floor[0], "out_wh": floor[1]} for bank_id, floor in self.floors.items()}
-        return {"saved": now, "batteries": batteries, "banks": banks}
+        devices = {ref: {"counter": self._counter_copy(c, now)} for ref, c in self.devices.counters().items()}
+        return {
+            "saved": now,
+            "batteries": batteries,
+            "banks": banks,
+            "devices": dict(sorted(devices.items())),
+        }
 
     def restore(self, document: Mapping[str, Any]) -> None:
         """Load a snapshot(); ValueError when it is malformed (nothing is changed then)."""
         batteries, orphans, floors = {}, {}, {}
         raw_batteries, raw_banks = document.get("batteries", {}), document.get("banks", {})
-        if not isinstance(raw_batteries, dict) or not isinstance(raw_banks, dict):
-            raise ValueError("'batteries' and 'banks' must be objects")
+        raw_devices = document.get("devices", {})  # absent in files of versions without shunt counters
+        if (
+            not isinstance(raw_batteries, dict)
+            or not isinstance(raw_banks, dict)
+            or not isinstance(raw_devices, dict)
+        ):
+            raise ValueError("'batteries', 'banks' and 'devices' must be objects")
+        devices = self._restored_devices(raw_devices)
         for device_id, entry in raw_batteries.items():
             if not valid_device_id(device_id) or not isinstance(entry, dict):
                 raise ValueError(f"bad battery entry {device_id[:64]!r}")
@@ -188,8 +197,30 @@ class AggregatorCore:
             if self.layout.bank(str(bank_id)) is not None:
                 floors[str(bank_id)] = (floor.in_wh, floor.out_wh)
         self.batteries, self.orphans, self.floors = batteries, orphans, floors
-        self.restored_devices = frozenset(batteries) | frozenset(orphans) | frozenset(floors)
+        self.devices.aside = devices
+        self.restored_devices = (
+            frozenset(batteries) | frozenset(orphans) | frozenset(floors) | frozenset(devices)
+        )
         self._backed = set(self.restored_devices)
+
+    def _restored_devices(self, raw: dict[str, Any]) -> dict[str, EnergyCounter]:
+        """The device counters of the state file (they wait aside until their device's first reading)."""
+        counters: dict[str, EnergyCounter] = {}
+        for device_id, entry in raw.items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"bad device entry {device_id[:64]!r}")
+            why = None
+            if energy_family(device_id) is None or device_id in self.layout.device_ids:
+                why = "not a device that counts energy"
+            elif len(counters) >= MAX_DEVICES + MAX_ASIDE:
+                why = f"more than {MAX_DEVICES + MAX_ASIDE} device counters"  # more than we ever save
+            if why is not None:
+                _LOGGER.warning("state file: the counter of %s is ignored: %s", device_id[:64], why)
+                continue
+            counter = self._restored_counter(device_id, entry.get("counter"))
+            if counter is not None:
+                counters[device_id] = counter
+        return counters
 
     def _restored_counter(self, device_id: str, raw: Any) -> EnergyCounter | None:
         """One counter of the state file; a bad one is ignored with a WARNING (its retained state, if
@@ -229,65 +260,89 @@ class AggregatorCore:
             )
         battery = self._battery_for(reading.bt2, reading.slave_id, mono)
         self._watch_reader_clock(reading)
-        counter = battery.counter
-        before, prev_ts = counter.in_wh + counter.out_wh, counter.last_ts
-        step = counter.add(
-            reading.ts, reading.power, self.settings.max_gap, boot=reading.boot_id, mono=reading.mono
-        )
-        self.unsaved_wh += counter.in_wh + counter.out_wh - before
-        if step is Step.GAP:
-            _LOGGER.info(
-                "%s: no reading for longer than max_gap (%.0f s); energy counting restarts at %.3f",
-                battery.device_id,
-                self.settings.max_gap,
-                reading.ts,
-            )
-        elif step is Step.CLOCK_STEP:
-            _LOGGER.warning(
-                "%s: reading time went back by %.0f s (a wall clock step); energy counting restarts there",
-                battery.device_id,
-                (prev_ts or 0.0) - reading.ts,
-            )
+        step = self._count(battery.device_id, battery.counter, reading.ts, reading.power, reading)
         if ahead > self.settings.max_ahead:
-            self._refuse_display(battery, ahead, mono)
+            self._refuse_display(battery.bt2, ahead, mono)
         else:
             age = max(0.0, -ahead)
             battery.update(reading, Stamp(reading.ts, mono - age, reading.boot_id, reading.mono))
         battery.last_seen = mono
         battery.appeared = True
-        self._backed.add(battery.device_id)
         self.stats.accepted += 1
+        return step
+
+    def accept_device(self, reading: FamilyReading, now: float, mono: float | None = None) -> Step | None:
+        """Take a screened reading of a kind other than battery; the energy of a family that names a
+        power field (the shunt) is counted like a battery's. The step, None when nothing is counted."""
+        mono = now if mono is None else mono
+        try:
+            device = self.devices.accept(reading, now, mono)
+        except Rejected as exc:
+            self.stats.dropped[exc.reason] += 1
+            raise
+        self.stats.accepted += 1
+        field = device.family.energy_power
+        if device.counter is None or field is None:
+            return None
+        if device.device_id not in self._backed:
+            self.dirty = self.urgent = True  # a new entry of the state file
+        self._watch_reader_clock(reading)
+        power = reading.values.get(field)
+        number = float(power) if isinstance(power, int | float) and not isinstance(power, bool) else None
+        step = self._count(device.device_id, device.counter, reading.ts, number, reading)
+        ahead = reading.ts - now
+        if ahead > self.settings.max_ahead:  # counted on monotonic time, not shown (FamilyDevices.accept)
+            self._refuse_display(reading.bt2, ahead, mono)
+        return step
+
+    def _count(
+        self,
+        device_id: str,
+        counter: EnergyCounter,
+        ts: float,
+        power: float | None,
+        reading: Reading | FamilyReading,
+    ) -> Step:
+        """Integrate one sample into a counter (a battery's or a device's), with its bookkeeping: what a
+        save is worth, the health steps, the log line of a gap or a clock step."""
+        before, prev_ts = counter.in_wh + counter.out_wh, counter.last_ts
+        step = counter.add(ts, power, self.settings.max_gap, boot=reading.boot_id, mono=reading.mono)
+        self.unsaved_wh += counter.in_wh + counter.out_wh - before
+        if step is Step.GAP:
+            _LOGGER.info(
+                "%s: no reading for longer than max_gap (%.0f s); energy counting restarts at %.3f",
+                device_id,
+                self.settings.max_gap,
+                ts,
+            )
+        elif step is Step.CLOCK_STEP:
+            _LOGGER.warning(
+                "%s: reading time went back by %.0f s (a wall clock step); energy counting restarts there",
+                device_id,
+                (prev_ts or 0.0) - ts,
+            )
+        self._backed.add(device_id)
         self.stats.steps[step.value] += 1
         if step in (Step.FIRST, Step.GAP, Step.INTEGRATED, Step.RESTART, Step.CLOCK_STEP):
             self.dirty = True
         return step
 
-    def accept_device(self, reading: FamilyReading, now: float, mono: float | None = None) -> None:
-        """Take a screened reading of a kind other than battery (no energy is counted from it)."""
-        mono = now if mono is None else mono
-        try:
-            self.devices.accept(reading, now, mono)
-        except Rejected as exc:
-            self.stats.dropped[exc.reason] += 1
-            raise
-        self.stats.accepted += 1
-
-    def _refuse_display(self, battery: Battery, ahead: float, mono: float) -> None:
+    def _refuse_display(self, bt2: str, ahead: float, mono: float) -> None:
         """A reading from the future: its energy counts (monotonic time), its values are not shown."""
         self.stats.clock["display_refused"] += 1
-        last = self._ahead_logged.get(battery.bt2)
+        last = self._ahead_logged.get(bt2)
         if last is None or mono - last >= self.settings.stale_after:
             if len(self._ahead_logged) < MAX_LOGGED_KEYS or last is not None:
-                self._ahead_logged[battery.bt2] = mono
+                self._ahead_logged[bt2] = mono
             _LOGGER.warning(
                 "BT-2 %s: reading time is %.0f s ahead of this host's clock (more than %.0f s); its values "
                 "are not shown (unknown), its energy is still counted. Check NTP on both hosts",
-                battery.bt2,
+                bt2,
                 ahead,
                 self.settings.max_ahead,
             )
 
-    def _watch_reader_clock(self, reading: Reading) -> None:
+    def _watch_reader_clock(self, reading: Reading | FamilyReading) -> None:
         """Log a step of a reader's wall clock once, with its size (wall time against monotonic time)."""
         if reading.mono is None or reading.boot_id is None:
             return
@@ -398,14 +453,27 @@ class AggregatorCore:
             self.floors[device_id] = (floor.in_wh, floor.out_wh)
         else:
             battery = self.batteries.get(device_id)
-            counter = battery.counter if battery is not None else self.orphans.get(device_id)
+            # A shunt's (any energy family's) counter lives with the devices, never among the batteries.
+            on_device = (
+                battery is None
+                and device_id not in self.layout.device_ids
+                and energy_family(device_id) is not None
+            )
+            counter: EnergyCounter | None
+            if battery is not None:
+                counter = battery.counter
+            else:
+                counter = self.devices.counter(device_id) if on_device else self.orphans.get(device_id)
             if counter is None:
-                if len(self.orphans) >= MAX_ORPHANS or not (in_wh or out_wh):
+                full = len(self.devices.aside) >= MAX_ASIDE if on_device else len(self.orphans) >= MAX_ORPHANS
+                if full or not (in_wh or out_wh):
                     return False
                 counter = EnergyCounter()
             if not self._plausible(device_id, counter, (in_wh, out_wh), 1):
                 return False
-            if battery is None:
+            if on_device:
+                self.devices.keep(device_id, counter)
+            elif battery is None:
                 self.orphans.setdefault(device_id, counter)
             if copy is not None:
                 if copy.last_ts is not None and copy.last_ts > (self.started if now is None else now) + (
@@ -501,7 +569,8 @@ class AggregatorCore:
         removes a device (a battery not seen for forget_after)."""
         mono = now if mono is None else mono
         out = self._expire(mono)
-        self.devices.expire(out, self.publisher, mono)
+        if self.devices.expire(out, self.publisher, mono):
+            self.dirty = self.urgent = True  # a counter set aside
         appeared = [b for _, b in sorted(self.batteries.items()) if b.appeared]
         for battery in appeared:
             self.publisher.offer(
@@ -554,8 +623,7 @@ class AggregatorCore:
         return min((t for t in due if t >= mono), default=None)
 
     def _counter_copy(self, counter: EnergyCounter, now: float) -> dict[str, Any]:
-        future = counter.last_ts is not None and counter.last_ts > now + self.settings.max_ahead
-        return counter.to_json(anchor=not future)
+        return counter_json(counter, now, self.settings.max_ahead)
 
     def _expire(self, mono: float) -> list[Outgoing]:
         """Remove the devices of batteries not seen for forget_after; their counters are kept aside."""

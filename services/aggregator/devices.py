@@ -9,6 +9,12 @@ must not change: it uses nothing a user configures.
 With ``controls`` on, a family's ControlDefs (the controller's load switch) join its entities as
 switches whose state is the read-back field (ControlDef.compute), never a requested value; with
 controls off they are not listed at all.
+
+A family that names a power field (``DeviceFamily.energy_power``: the Smart Shunt) gets energy counters
+like a battery's: the same EnergyCounter, integrated by the core (AggregatorCore.accept_device), saved in
+the state file, carried in the retained state as the second copy, and served as ENERGY_ENTITIES after
+the family's own table (the counters are no value of a reading); they never go stale. The counter of a
+removed device is kept aside, so that its totals carry on when it comes back.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from services.aggregator.documents import MANUFACTURER, Outgoing, Publisher, publish_number, publish_text
+from services.aggregator.energy import EnergyCounter, counter_json
 from services.aggregator.inputs import DropLog, drop_reason
 from services.aggregator.model import Rejected, Stamp, Value
-from shared.devices import FAMILIES, DeviceFamily, EntityDef, entity_values
+from shared.devices import FAMILIES, DeviceFamily, EntityDef
 from shared.devices.base import ControlDef, fields_in
 from shared.devices.payload import FamilyReading, parse_family_reading
 from shared.mqtt import Message
@@ -35,10 +42,29 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_DEVICES: Final = 64  # non-battery devices served at once; readings of more are refused
 KNOWN: Final = ", ".join(kind for kind in FAMILIES if kind != "battery")
+MAX_ASIDE: Final = 64  # counters of devices not served (removed, or in the state file and not heard yet)
+HEX: Final = frozenset("0123456789abcdef")
+# The entities of a family's energy counters (a battery's energy_in / energy_out), in both profiles.
+ENERGY_ENTITIES: Final = (
+    EntityDef("energy_in", "Energy in", "energy_in", "kWh", "energy", "total_increasing", 3),
+    EntityDef("energy_out", "Energy out", "energy_out", "kWh", "energy", "total_increasing", 3),
+)
 
 
 def device_id(kind: str, bt2: str, slave_id: int) -> str:
     return f"{kind}_{bt2}_{slave_id}"
+
+
+def energy_family(device_id: str) -> DeviceFamily | None:
+    """The family of a device id as device_id() makes it, when that family counts energy."""
+    kind, _, rest = device_id.partition("_")
+    bt2, _, slave = rest.partition("_")
+    family = _family(kind)
+    if family is None or family.energy_power is None or len(bt2) != 12 or not set(bt2) <= HEX:
+        return None
+    if not (slave.isascii() and slave.isdigit() and str(int(slave)) == slave and int(slave) <= 255):
+        return None
+    return family
 
 
 def device_name(family: DeviceFamily, bt2: str, slave_id: int) -> str:
@@ -55,7 +81,8 @@ def info_fields(family: DeviceFamily) -> frozenset[str]:
 
 
 def entities_of(family: DeviceFamily, profile: str) -> tuple[EntityDef, ...]:
-    return tuple(e for e in family.entities if profile == "extended" or not e.extended)
+    table = tuple(e for e in family.entities if profile == "extended" or not e.extended)
+    return table + ENERGY_ENTITIES if family.energy_power is not None else table
 
 
 def controls_of(family: DeviceFamily, enabled: bool) -> tuple[ControlDef, ...]:
@@ -84,6 +111,7 @@ class FamilyDevice:
     values: dict[str, tuple[RawValue, Stamp]] = field(default_factory=dict)
     last: Stamp | None = None
     last_seen: float = 0.0  # the aggregator's monotonic time of the last accepted reading
+    counter: EnergyCounter | None = None  # families with energy_power only
 
     def update(self, reading: FamilyReading, stamp: Stamp) -> None:
         """Keep each field's newest value; an older reading fills only fields it has newer values of."""
@@ -121,21 +149,25 @@ class FamilyDevices:
         self.settings = settings
         self.reserved = reserved  # bank and aggregator.batteries ids
         self.devices: dict[str, FamilyDevice] = {}
+        self.aside: dict[str, EnergyCounter] = {}  # counters of devices not served, by device id
         self.expired = 0
 
     def accept(self, reading: FamilyReading, now: float, mono: float) -> FamilyDevice:
-        """Keep a screened reading's values; Rejected when it cannot be served."""
+        """Keep a screened reading's values; Rejected when it cannot be served. A reading ahead of this
+        host's clock is not shown; a counting family's is still taken when it has monotonic time (its
+        energy is counted, as a battery's is), otherwise refused."""
         settings = self.settings
+        family = _family(reading.kind)
+        if family is None:
+            raise Rejected("unknown_kind", f"unknown device kind {reading.kind!r} (known: {KNOWN})")
         ahead = reading.ts - now
-        if ahead > settings.max_ahead:  # no energy is counted from these readings, so nothing is kept
+        future = ahead > settings.max_ahead
+        if future and (family.energy_power is None or reading.mono is None):
             raise Rejected(
                 "future_ts",
                 f"reading time {reading.ts:.0f} is {ahead:.0f} s ahead of this host's clock (check NTP on the "
                 "reader's host); its values are not shown",
             )
-        family = _family(reading.kind)
-        if family is None:
-            raise Rejected("unknown_kind", f"unknown device kind {reading.kind!r} (known: {KNOWN})")
         ref = device_id(reading.kind, reading.bt2, reading.slave_id)
         device = self.devices.get(ref)
         if device is None:
@@ -150,12 +182,36 @@ class FamilyDevices:
             device = FamilyDevice(
                 ref, family, reading.bt2, reading.slave_id, device_name(family, reading.bt2, reading.slave_id)
             )
+            if family.energy_power is not None:
+                # A restored counter keeps its last sample (the interval across a restart is counted).
+                device.counter = self.aside.pop(ref, None) or EnergyCounter()
             self.devices[ref] = device
             _LOGGER.info("%s: %s on BT-2 %s, slave %d", ref, device.name, reading.bt2, reading.slave_id)
-        age = max(0.0, -ahead)
-        device.update(reading, Stamp(reading.ts, mono - age, reading.boot_id, reading.mono))
+        if not future:
+            age = max(0.0, -ahead)
+            device.update(reading, Stamp(reading.ts, mono - age, reading.boot_id, reading.mono))
         device.last_seen = mono
         return device
+
+    def counter(self, device_id: str) -> EnergyCounter | None:
+        """The counter of a device, served or set aside."""
+        device = self.devices.get(device_id)
+        return device.counter if device is not None else self.aside.get(device_id)
+
+    def keep(self, device_id: str, counter: EnergyCounter) -> bool:
+        """Set a counter aside for a device not served (recovered from its retained state); False when
+        there is no room."""
+        if device_id in self.devices or device_id in self.aside:
+            return True
+        if len(self.aside) >= MAX_ASIDE:
+            return False
+        self.aside[device_id] = counter
+        return True
+
+    def counters(self) -> dict[str, EnergyCounter]:
+        """Every counter, served or set aside, by device id."""
+        served = {ref: d.counter for ref, d in self.devices.items() if d.counter is not None}
+        return self.aside | served
 
     def config(self, device: FamilyDevice) -> DeviceConfig:
         info = DeviceInfo(
@@ -174,25 +230,40 @@ class FamilyDevices:
     def states(self, device: FamilyDevice, mono: float) -> dict[str, Value]:
         settings = self.settings
         view = device.view(mono, settings.stale_after, settings.info_stale_after)
-        raw = entity_values(device.family, view, settings.profile)
-        by_key = {e.key: e for e in device.family.entities}
-        states = {key: publish_state(by_key[key], value) for key, value in raw.items()}
+        if device.counter is not None:
+            view |= {"energy_in": device.counter.in_wh / 1000, "energy_out": device.counter.out_wh / 1000}
+        states = {
+            e.key: publish_state(e, e.compute(view)) for e in entities_of(device.family, settings.profile)
+        }
         # The switch follows the read-back field of the latest fresh reading; stale -> unknown.
         states.update({c.key: c.compute(view) for c in controls_of(device.family, settings.controls)})
         return states
 
     def offer(self, out: list[Outgoing], publisher: Publisher, now: float, mono: float) -> None:
+        max_ahead = self.settings.max_ahead
         for ref, device in sorted(self.devices.items()):
-            publisher.offer(out, ref, self.config(device), self.states(device, mono), now, mono=mono)
+            # The exact counter rides in the state, as a battery's does: the state file's second copy.
+            counter = None if device.counter is None else counter_json(device.counter, now, max_ahead)
+            publisher.offer(
+                out, ref, self.config(device), self.states(device, mono), now, mono=mono, counter=counter
+            )
 
-    def expire(self, out: list[Outgoing], publisher: Publisher, mono: float) -> None:
-        """Remove the devices not seen for forget_after (their retained documents are cleared)."""
+    def expire(self, out: list[Outgoing], publisher: Publisher, mono: float) -> bool:
+        """Remove the devices not seen for forget_after (their retained documents are cleared, their
+        counters kept aside); True when a counter was set aside (the state file changes)."""
         limit = self.settings.forget_after
+        aside = False
         for ref, device in list(self.devices.items()):
             silent = mono - device.last_seen
             if silent <= limit:
                 continue
             del self.devices[ref]
+            if device.counter is not None:
+                device.counter.forget_anchor()
+                while len(self.aside) >= MAX_ASIDE:
+                    del self.aside[next(iter(self.aside))]  # the oldest one set aside
+                self.aside[ref] = device.counter
+                aside = True
             self.expired += 1
             if publisher.owns(ref):
                 out += [Outgoing(ref, "config", b""), Outgoing(ref, "state", b"")]
@@ -203,6 +274,7 @@ class FamilyDevices:
                 silent,
                 limit,
             )
+        return aside
 
     def health(self, mono: float) -> dict[str, Any]:
         return {

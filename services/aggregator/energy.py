@@ -1,4 +1,8 @@
-"""Energy counters: trapezoid integration of power samples, split at zero crossings (pure)."""
+"""Energy counters: trapezoid integration of power samples, split at zero crossings (pure).
+
+One counter per battery, and per device of a family that names a power field to integrate
+(``DeviceFamily.energy_power``: the Smart Shunt).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def trapezoid(t0: float, p0: float, t1: float, p1: float) -> tuple[float, float]
 
 @dataclass(slots=True)
 class EnergyCounter:
-    """Monotonic Wh totals of one battery plus the sample the next interval starts from.
+    """Monotonic Wh totals of one battery (or shunt) plus the sample the next interval starts from.
 
     The anchor (the last sample) holds the reader's wall time and, from readers that send it, its boot
     id and monotonic time. Between two samples of one boot the interval is measured on the monotonic
@@ -188,6 +192,13 @@ class EnergyCounter:
         if last_ts is None:
             boot, last_mono = None, None
         return cls(totals[0] or 0.0, totals[1] or 0.0, last_ts, last_power, boot, last_mono)
+
+
+def counter_json(counter: EnergyCounter, now: float, max_ahead: float) -> dict[str, Any]:
+    """The copy saved and published: an anchor ahead of this host's clock is left out (after a restart
+    it would make every reading until that time look out of order)."""
+    future = counter.last_ts is not None and counter.last_ts > now + max_ahead
+    return counter.to_json(anchor=not future)
 
 
 def _finite(value: Any, key: str) -> float | None:

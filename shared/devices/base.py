@@ -212,6 +212,9 @@ class DeviceFamily:
     sources: tuple[str, ...] = ()
     notes: str = ""
     controls: tuple[ControlDef, ...] = ()
+    # The decoded power field (W, + = charging) the aggregator integrates into energy counters, served as
+    # two more entities, energy_in / energy_out (kWh; services/aggregator/devices.py); None: no counters.
+    energy_power: str | None = None
     _by_name: dict[str, RegField] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -445,19 +448,3 @@ def reading_payload(
     """The MQTT reading body for ``renogy/bt2/<bt2>/<kind>/<slave_id>/reading``: flat like today's
     battery reading, plus ``kind``; dropped values are absent."""
     return {"schema": SCHEMA, "kind": family.kind, "ts": ts, "bt2": bt2, "slave_id": slave_id, **values}
-
-
-def describe(family: DeviceFamily) -> list[dict[str, object]]:
-    """The register table as plain data (docs and the ``decode`` command)."""
-    return [
-        {
-            "address": f.address,
-            "words": f.words,
-            "field": f.name,
-            "kind": f.kind,
-            "scale": f.scale,
-            "unit": f.unit,
-            "range": family.ranges.get(f.name),
-        }
-        for f in family.fields
-    ]

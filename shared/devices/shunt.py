@@ -134,6 +134,8 @@ SHUNT: Final = DeviceFamily(
         "IAmTheMitchell/renogy-ble src/renogy_ble/shunt.py, tests/test_shunt.py",
         "cyrils/renogy-bt renogybt/ShuntClient.py, tests/test_shunt_client.py",
     ),
-    notes="identity is the BLE address (RTMShunt300<serial> name); energy totals are integrated by the "
-    "aggregator from power, the frame carries none that is known",
+    energy_power="power",  # the aggregator serves energy_in / energy_out of it (not values of the frame)
+    notes="identity is the BLE address (RTMShunt300<serial> name); the frame carries no known energy "
+    "total: energy_in / energy_out are the aggregator's counters of power, integrated like a battery's "
+    "(services/aggregator/energy.py) and kept in its state file",
 )

@@ -182,7 +182,9 @@ def test_shunt_and_inverter_readings_are_served() -> None:
     assert len(configs[f"inverter_{BT2}_32"].entities) == len(
         [e for e in INVERTER.entities if not e.extended]
     )
-    assert len(configs[f"shunt_{BT2}_0"].entities) == len([e for e in SHUNT.entities if not e.extended])
+    # The family's default entities, then the aggregator's energy counters (SHUNT.energy_power).
+    shunt_keys = [e.key for e in configs[f"shunt_{BT2}_0"].entities]
+    assert shunt_keys == [e.key for e in SHUNT.entities if not e.extended] + ["energy_in", "energy_out"]
 
 
 def test_a_silent_device_is_removed_after_forget_after() -> None:
