@@ -161,7 +161,9 @@ def _override(where: str, raw: Mapping[str, Any]) -> BatteryOverride:
     _unknown(where, raw, BATTERY_KEYS)
     slave = raw.get("slave_id")
     if isinstance(slave, bool) or not isinstance(slave, int):
-        raise ConfigError(f"{where}.slave_id: an integer {SLAVE_ID_RANGE[0]}..{SLAVE_ID_RANGE[1]} is required")
+        raise ConfigError(
+            f"{where}.slave_id: an integer {SLAVE_ID_RANGE[0]}..{SLAVE_ID_RANGE[1]} is required"
+        )
     bt2 = _text(where, raw, "bt2")
     selector = parse_selector(where, f"{bt2}:{slave}" if bt2 else slave)
     override = BatteryOverride(selector, _device_id(where, raw), _text(where, raw, "name"))

@@ -82,7 +82,9 @@ async def test_idle_means_no_evaluation_and_a_stale_value_turns_unknown_on_time(
         late = time.monotonic() - due
         quiet = [t for t in evaluations if quiet_from <= t < due]
     window = due - quiet_from
-    assert not quiet, f"{len(quiet)} evaluations in {window:.1f} s with nothing changing (one per tick before)"
+    assert not quiet, (
+        f"{len(quiet)} evaluations in {window:.1f} s with nothing changing (one per tick before)"
+    )
     assert 0 <= late <= ON_TIME, f"battery 48 turned unknown {late:+.2f} s after its deadline"
     assert (state(probe, "battery_49") or {}).get("voltage") is not None  # only the stale one changed
     assert probe.latest[TOPICS.device_state("bank")]  # the bank followed its member
