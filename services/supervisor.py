@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import importlib
 import logging
@@ -28,6 +29,7 @@ import sys
 import time
 import tomllib
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -54,7 +56,9 @@ SERVICE_MODULES = {
 # Preloaded with them. Measured on the run tree (4 processes, external broker): preloading every
 # service's modules gave PSS 55 MB, only the ones all three use (shared.service: paho, psutil, orjson)
 # 59 MB, fresh interpreters 84 MB. A module only one service uses costs the same PSS either way.
-SHARED_MODULES = ("shared.service", "shared.registers")
+# concurrent.futures.thread: asyncio's default executor, imported at its first use (the gateway's start,
+# every service's MQTT stop) in each child otherwise.
+SHARED_MODULES = ("shared.service", "shared.registers", "concurrent.futures.thread")
 EXIT_CANNOT_START = 2  # the stack cannot start as configured (the message says why and what to do)
 EXIT_BROKER_FAILED = 1  # the embedded broker did not come up
 
@@ -211,8 +215,35 @@ def preload(simulator: bool) -> None:
     if simulator:  # the reader's BT-2 backend when no BT-2 is configured (and its glue, else imported
         importlib.import_module("services.simulator")  # by the reader after the fork)
         importlib.import_module("services.reader.simulate")
+    _prctl()
+    grow_interned_strings()
     gc.freeze()
     gc.enable()
+
+
+def grow_interned_strings(limit: int = 1 << 20) -> int:
+    """Resize CPython's table of interned strings here, before the fork, so no child has to.
+
+    The preloaded modules leave that table (one dict of every identifier) nearly full, and a child that
+    interns a few hundred new names (a module it imports, attribute names it sets) grows it: a new
+    ~1 MB table in that child alone (the gateway did, measured). Interning and dropping throw-away
+    strings uses up the free slots until the table grows, which the traced memory shows at once; the
+    new table is sized for the live strings only (the throw-aways are gone), with room for as many
+    again, and the children share it. Returns the strings it took (0 if the resize was not seen)."""
+    import _tracemalloc  # noqa: PLC0415 - the C module: no pickle, linecache, ... in every process
+
+    if _tracemalloc.is_tracing():  # someone is measuring this process: leave it alone
+        return 0
+    _tracemalloc.start(1)
+    try:
+        base = _tracemalloc.get_traced_memory()[0]
+        for taken in range(1, limit + 1):
+            sys.intern(f"\x00renogy-grow-{taken}")  # dropped at once: only a free slot is used up
+            if _tracemalloc.get_traced_memory()[0] - base > 64 * 1024:  # the new table (>= 200 KB)
+                return taken
+        return 0
+    finally:
+        _tracemalloc.stop()
 
 
 def _fork(child: Child) -> ForkedProcess:
@@ -247,8 +278,7 @@ def _forked_child(
     try:
         _leave_supervisor(parent_loop)
         _set_process_name(process_name(child.name))
-        os.environ.clear()
-        os.environ.update(child.env)
+        _set_environ(child.env)
         code = _run_service(child.name, config)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -262,6 +292,16 @@ def _forked_child(
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)  # never unwind into the supervisor's frames (its loop, its children)
+
+
+def _set_environ(env: dict[str, str]) -> None:
+    """os.environ becomes ``env``, changing only what differs: clear() and update() would free and
+    remake every variable, copying the supervisor's pages they lie on (~0.6 MB per child)."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _leave_supervisor(parent_loop: asyncio.AbstractEventLoop) -> None:
@@ -291,9 +331,18 @@ def process_name(service: str) -> str:
 
 def _set_process_name(name: str) -> None:
     """The comm name (ps -o comm, top, psutil name()): the forks share the supervisor's command line."""
+    if (prctl := _prctl()) is not None:
+        prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (None off Linux), loaded once: preload builds it so a fork does not (a CDLL makes a
+    class of its own: ~0.3 MB of the supervisor's pages copied in each child that did)."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    return None
 
 
 def _run_service(name: str, config: Config | ConfigError) -> int:
@@ -312,9 +361,8 @@ def _run_service(name: str, config: Config | ConfigError) -> int:
 
 def _die_with_parent() -> None:
     """Linux: SIGTERM the child if the supervisor itself dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if (prctl := _prctl()) is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _explicit_mqtt_url(args: argparse.Namespace) -> bool:

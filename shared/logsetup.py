@@ -7,18 +7,31 @@ import logging
 import sys
 from functools import cache
 
+_HANDLER: list[logging.Handler] = []  # the handler setup_logging installed in this process
+
 
 def setup_logging(level: str, service: str) -> None:
     """Plain line logs on stderr (journald and docker add their own timestamps, but tests read ours)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)-7s {service} %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("paho").setLevel(logging.WARNING)
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    line = f"%(asctime)s %(levelname)-7s {service} %(name)s: %(message)s"
+    root = logging.getLogger()
+    if _HANDLER and root.handlers == _HANDLER and getattr(_HANDLER[0], "stream", None) is sys.stderr:
+        # Again in this process (a service forked from the supervisor): only the line format changes.
+        # basicConfig(force=True) would replace the handler, and every setLevel clears the cache of
+        # every logger: in a fork, touching each logger copies its page (~0.4 MB per service).
+        _HANDLER[0].setFormatter(logging.Formatter(line))
+    else:
+        logging.basicConfig(level=numeric, format=line, stream=sys.stderr, force=True)
+        _HANDLER[:] = root.handlers
+    _set_level(root, numeric)
+    _set_level(logging.getLogger("paho"), logging.WARNING)
     for noisy in ("amqtt", "transitions", "bleak"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+        _set_level(logging.getLogger(noisy), max(logging.WARNING, root.level))
+
+
+def _set_level(logger: logging.Logger, level: int) -> None:
+    if logger.level != level:  # setLevel clears every logger's cache even when nothing changes
+        logger.setLevel(level)
 
 
 @cache
