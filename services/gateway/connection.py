@@ -65,7 +65,9 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-_OPEN_STATES: Final = frozenset({ConnectionState.HANDSHAKE, ConnectionState.CONNECTED, ConnectionState.DISCONNECTING})
+_OPEN_STATES: Final = frozenset(
+    {ConnectionState.HANDSHAKE, ConnectionState.CONNECTED, ConnectionState.DISCONNECTING}
+)
 _SESSION_STATES: Final = frozenset({ConnectionState.CONNECTED, ConnectionState.DISCONNECTING})
 
 
@@ -88,8 +90,12 @@ class Limits:
     soft: int = 64 * 1024
     hard: int = 4 * 1024 * 1024
     # Connections that have not sent Hello have their own budget, so they can never lock out a real
-    # client: when it is full, the oldest of them is closed to make room.
+    # client: when it is full, the oldest of them that has been silent for ``pending_grace`` is closed
+    # to make room. Younger ones are real clients mid-handshake as often as not (Home Assistant and a
+    # few tools reconnecting at once), so they are let in over the budget, up to ``pending_cap``.
     pending: int = 8
+    pending_grace: float = 2.0
+    pending_cap: int = 64
     # Requests a client may send: a burst, then a steady rate (pings included). Home Assistant sends
     # about a dozen when it connects and a ping every 20 s; a flood is cut off instead of costing CPU.
     burst: int = 1000

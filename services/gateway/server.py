@@ -241,10 +241,15 @@ class GatewayServer:
         return len(stale)
 
     def connection_opened(self, connection: ApiConnection) -> bool:
-        """Every connection is let in; the oldest pre-Hello one goes when their budget is full."""
+        """Every connection is let in; the oldest pre-Hello one goes when their budget is full (one
+        silent past the grace period, or any once the hard cap is reached)."""
         pending = [c for c in self.connections if c.state is ConnectionState.HANDSHAKE]
-        if len(pending) >= self.limits.pending:
-            oldest = min(pending, key=lambda c: c.opened_at)
+        oldest = min(pending, key=lambda c: c.opened_at, default=None)
+        if (
+            oldest is not None
+            and len(pending) >= self.limits.pending
+            and self._evictable(oldest, len(pending))
+        ):
             self.counters.pending_evicted += 1
             self.report_refusal(
                 "pending",
@@ -259,6 +264,12 @@ class GatewayServer:
         self.connections.add(connection)
         self.counters.connections_total += 1
         return True
+
+    def _evictable(self, oldest: ApiConnection, pending: int) -> bool:
+        """A burst of real clients connecting at once stays in: only one silent past the grace period
+        goes, or any once the hard cap is reached."""
+        silent_for = asyncio.get_running_loop().time() - oldest.opened_at
+        return silent_for >= self.limits.pending_grace or pending >= self.limits.pending_cap
 
     def session_admitted(self, connection: ApiConnection) -> bool:
         sessions = sum(1 for c in self.connections if c.hello_done and c is not connection)

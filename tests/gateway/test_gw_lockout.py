@@ -17,7 +17,8 @@ from services.gateway.throttle import ThrottledLog
 from tests.gateway.support import all_configs, api_client, bare_server, wait_until
 
 _HELLO = encode_plaintext(
-    HELLO_REQUEST, pb.HelloRequest(client_info="flood", api_version_major=1, api_version_minor=19).SerializeToString()
+    HELLO_REQUEST,
+    pb.HelloRequest(client_info="flood", api_version_major=1, api_version_minor=19).SerializeToString(),
 )
 
 
@@ -28,7 +29,10 @@ async def _idle_socket(port: int) -> asyncio.StreamWriter:
 
 async def test_idle_sockets_never_lock_out_a_real_client(tmp_path: Path) -> None:
     """Today's port scanner: more silent connections than gateway.max_clients, reopened as they close."""
-    async with bare_server(tmp_path, configs=all_configs(), max_clients=16) as server:
+    # A scanner's sockets stay silent past the grace period; 0 here stands for "they all have".
+    async with bare_server(
+        tmp_path, configs=all_configs(), max_clients=16, limits=Limits(pending_grace=0.0)
+    ) as server:
         idle = [await _idle_socket(server.port) for _ in range(24)]
         await wait_until(lambda: server.counters.connections_total >= 24, what="24 idle connections")
         pending = [c for c in server.connections if not c.hello_done]
@@ -40,6 +44,32 @@ async def test_idle_sockets_never_lock_out_a_real_client(tmp_path: Path) -> None
         assert server.counters.pending_evicted >= 24 - Limits().pending
         for writer in idle:
             writer.close()
+
+
+async def test_young_silent_sockets_are_capped(tmp_path: Path) -> None:
+    """Within the grace period sockets are let in over the budget, but never above the hard cap."""
+    async with bare_server(tmp_path, configs=all_configs(), limits=Limits(pending_cap=12)) as server:
+        idle = [await _idle_socket(server.port) for _ in range(24)]
+        await wait_until(lambda: server.counters.connections_total >= 24, what="24 idle connections")
+        assert len([c for c in server.connections if not c.hello_done]) <= 12
+        async with api_client(server.port) as client:
+            entities, _ = await client.list_entities_services()
+            assert len(entities) == 55
+        for writer in idle:
+            writer.close()
+
+
+async def test_real_clients_connecting_at_once_are_all_let_in(tmp_path: Path) -> None:
+    """16 real clients connecting together (more than the pre-Hello budget mid-handshake at one time)
+    all get their session: the budget closed the first of them before (the gateway fan-out bench)."""
+    async with bare_server(tmp_path, configs=all_configs(), max_clients=16) as server:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = await asyncio.gather(
+                *(stack.enter_async_context(api_client(server.port)) for _ in range(16))
+            )
+            listed = await asyncio.gather(*(client.list_entities_services() for client in clients))
+            assert [len(entities) for entities, _ in listed] == [55] * 16
+        assert server.counters.pending_evicted == 0
 
 
 async def test_silent_connection_is_closed_after_the_short_deadline(tmp_path: Path) -> None:
@@ -71,7 +101,10 @@ async def test_refusals_are_logged_again_after_the_interval(
 ) -> None:
     """A lockout that lasts is reported every interval, with how many refusals were not logged."""
     caplog.set_level(logging.WARNING, logger="services.gateway.server")
-    async with bare_server(tmp_path, max_clients=1, refusal_log_interval=0.3) as server, api_client(server.port):
+    async with (
+        bare_server(tmp_path, max_clients=1, refusal_log_interval=0.3) as server,
+        api_client(server.port),
+    ):
 
         async def refused() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
