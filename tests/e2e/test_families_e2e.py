@@ -18,6 +18,7 @@ from aioesphomeapi import APIClient, EntityInfo, EntityState
 
 from shared.devices import FAMILIES
 from shared.topics import Topics, bt2_id
+from tests.e2e.support import snapshot
 from tests.support.brokers import free_port
 from tests.support.probe import MqttProbe
 
@@ -27,43 +28,14 @@ CONTROLLER = f"controller_{BT2}_1"
 DCC = f"dcc_{BT2}_96"
 
 
+def _ready(by_id: dict[str, EntityInfo]) -> bool:
+    wanted = {"battery_48_battery_level", "battery_49_battery_level", f"{CONTROLLER}_pv_power"}
+    return wanted <= set(by_id) and any(o.startswith(DCC) for o in by_id)
+
+
 async def _snapshot(port: int, timeout: float) -> tuple[dict[str, EntityInfo], dict[int, EntityState]]:
     """Entities by object id and one state per entity, as Home Assistant would see them."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        client = APIClient("127.0.0.1", port, None)
-        try:
-            async with asyncio.timeout(max(0.5, min(5.0, deadline - time.monotonic()))):
-                await client.connect(login=True)
-                entities, _ = await client.list_entities_services()
-                by_id = {e.object_id: e for e in entities}
-                wanted = {"battery_48_battery_level", "battery_49_battery_level", f"{CONTROLLER}_pv_power"}
-                if not wanted <= set(by_id) or not any(o.startswith(DCC) for o in by_id):
-                    raise AssertionError(f"not every device listed yet: {sorted(by_id)[:8]}...")
-                states: dict[int, EntityState] = {}
-                done = asyncio.Event()
-
-                def on_state(
-                    state: Any,
-                    states: dict[int, EntityState] = states,
-                    done: asyncio.Event = done,
-                    wanted: int = len(by_id),
-                ) -> None:
-                    states[state.key] = state
-                    if len(states) >= wanted:
-                        done.set()
-
-                client.subscribe_states(on_state)
-                await done.wait()
-                return by_id, states
-        except (Exception, TimeoutError) as exc:  # not up yet: try again until the deadline
-            last = exc
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 2)
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"the gateway did not serve every device: {last!r}")
+    return await snapshot(port, timeout, _ready, "every device")
 
 
 async def test_run_serves_every_family(mosquitto, tmp_path: Path) -> None:

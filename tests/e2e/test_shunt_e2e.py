@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aioesphomeapi import APIClient, EntityInfo, SensorInfo, SensorStateClass
+from aioesphomeapi import EntityInfo, SensorInfo, SensorStateClass
 
 from services.simulator import SIM_SHUNT_ADDRESS
 from shared.devices.shunt import SHUNT
 from shared.topics import Topics, bt2_id
+from tests.e2e.support import snapshot
 from tests.support.brokers import free_port
 from tests.support.probe import MqttProbe
 
@@ -29,43 +30,13 @@ SERVED = [e.key for e in SHUNT.entities if not e.extended]
 ENERGY = ("energy_in", "energy_out")
 
 
+def _ready(by_id: dict[str, EntityInfo]) -> bool:
+    return {f"{REF}_{key}" for key in SERVED} | {"battery_48_battery_level"} <= set(by_id)
+
+
 async def _snapshot(port: int, timeout: float) -> tuple[dict[str, EntityInfo], dict[int, Any]]:
     """The shunt's entities by object id and their states, once the gateway lists them all."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        client = APIClient("127.0.0.1", port, None)
-        try:
-            async with asyncio.timeout(max(0.5, min(5.0, deadline - time.monotonic()))):
-                await client.connect(login=True)
-                entities, _ = await client.list_entities_services()
-                by_id = {e.object_id: e for e in entities}
-                wanted = {f"{REF}_{key}" for key in SERVED} | {"battery_48_battery_level"}
-                if not wanted <= set(by_id):
-                    raise AssertionError(f"not every entity listed yet: {sorted(by_id)[:8]}...")
-                states: dict[int, Any] = {}
-                done = asyncio.Event()
-
-                def on_state(
-                    state: Any,
-                    states: dict[int, Any] = states,
-                    done: asyncio.Event = done,
-                    wanted: int = len(by_id),
-                ) -> None:
-                    states[state.key] = state
-                    if len(states) >= wanted:
-                        done.set()
-
-                client.subscribe_states(on_state)
-                await done.wait()
-                return by_id, states
-        except (Exception, TimeoutError) as exc:  # not up yet: try again until the deadline
-            last = exc
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 2)
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"the gateway did not serve the shunt: {last!r}")
+    return await snapshot(port, timeout, _ready, "the shunt")
 
 
 async def test_run_serves_the_shunt(mosquitto, tmp_path: Path) -> None:
