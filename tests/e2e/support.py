@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aioesphomeapi import APIClient, EntityInfo
+
+from tests.support.brokers import free_port
 
 
 async def snapshot(
@@ -50,3 +56,32 @@ async def snapshot(
                 await asyncio.wait_for(client.disconnect(), 2)
         await asyncio.sleep(0.2)
     raise TimeoutError(f"the gateway did not serve {what}: {last!r}")
+
+
+@contextlib.asynccontextmanager
+async def running_stack(tmp_path: Path, mqtt_url: str, *args: str) -> AsyncIterator[int]:
+    """`renogy-proxy run --simulate <args>` against ``mqtt_url``; yields its API port. Its log is printed
+    when the body fails; SIGTERM (then a kill after 20 s) at the end."""
+    port = free_port()
+    log_path = tmp_path / "run.log"
+    env = {**os.environ, "RENOGY_API_BIND": "127.0.0.1", "RENOGY_SIM_LATENCY_SCALE": "0.05"}
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "run", "--simulate", *args,
+            "--api-port", str(port), "--state-dir", str(tmp_path / "state"), "--mqtt", mqtt_url,
+            "--no-mdns",
+            env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        try:
+            yield port
+        except BaseException:
+            print(log_path.read_text(errors="replace")[-6000:])
+            raise
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
