@@ -20,12 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from shared.lazy_import import defer
 
-from shared.config import MqttConfig
-from shared.mqtt_url import BrokerAddress as BrokerAddress  # noqa: PLC0414 - re-exported, see mqtt_url.py
-from shared.mqtt_url import parse_url as parse_url  # noqa: PLC0414
+# paho imports urllib.request (40 modules, ~2 MB of heap in every service) only to look for an MQTT
+# proxy, and only when PySocks is installed; deferred, it loads if that ever happens.
+defer("urllib.request")
+
+import paho.mqtt.client as paho  # noqa: E402 - after the deferral above
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from shared.config import MqttConfig  # noqa: E402
+from shared.mqtt_url import BrokerAddress as BrokerAddress  # noqa: PLC0414, E402 - re-exported, see mqtt_url.py
+from shared.mqtt_url import parse_url as parse_url  # noqa: PLC0414, E402
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -147,6 +153,10 @@ class MqttClient:
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
+        # Set once the broker has acknowledged every subscription of the current connection: a message
+        # published after that reaches this client (after `connected` alone it may not, yet).
+        self.subscribed = asyncio.Event()
+        self._pending_subacks: set[int] = set()
         self.connect_count = 0
         self.dropped_publishes = 0
         self._client = paho_client(config, client_id)
@@ -166,6 +176,7 @@ class MqttClient:
         self._failures = FailureStreak(failure_summary_interval)
         self._stopping = False
         self._client.on_message = self._paho_on_message
+        self._client.on_subscribe = self._paho_on_subscribe
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -183,6 +194,15 @@ class MqttClient:
             return False
         return True
 
+    async def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """Connected, and every subscription acknowledged by the broker."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.subscribed.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def stop(self, final: list[tuple[str, bytes]] | None = None, timeout: float = 2.0) -> None:
         """Publish the final retained messages (e.g. 'offline'), then disconnect cleanly."""
         if self.connected.is_set():
@@ -192,6 +212,7 @@ class MqttClient:
             await asyncio.to_thread(_wait_published, infos, timeout)
         self._stopping = True
         self.connected.clear()
+        self.subscribed.clear()
         if self._client.is_connected():
             self._client.disconnect()
         await asyncio.to_thread(_loop_stop, self._client)
@@ -206,7 +227,11 @@ class MqttClient:
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         self._subscriptions[topic_filter] = qos
         if self.connected.is_set():
-            self._client.subscribe(topic_filter, qos)
+            self._send_subscribe(topic_filter, qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        if self._subscriptions.pop(topic_filter, None) is not None and self.connected.is_set():
+            self._client.unsubscribe(topic_filter)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
         """Queue a publish. Retained payloads are remembered and re-sent after every reconnect.
@@ -282,6 +307,11 @@ class MqttClient:
                 self._on_message, Message(message.topic, bytes(message.payload), bool(message.retain))
             )
 
+    def _paho_on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        self._call_soon(self._handle_suback, mid)
+
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -342,8 +372,11 @@ class MqttClient:
         else:
             _LOGGER.info("reconnected to MQTT broker %s (connection %d)", self.address, self.connect_count)
         self.connected.set()
+        self._pending_subacks.clear()
         for topic_filter, qos in self._subscriptions.items():
-            self._client.subscribe(topic_filter, qos)
+            self._send_subscribe(topic_filter, qos)
+        if not self._pending_subacks:
+            self.subscribed.set()
         for topic, (payload, qos) in self._retained.items():
             self._client.publish(topic, payload, qos=qos, retain=True)
         for handler in self._connect_handlers:
@@ -352,10 +385,23 @@ class MqttClient:
             except Exception:
                 _LOGGER.exception("MQTT connect handler %r failed", handler)
 
+    def _send_subscribe(self, topic_filter: str, qos: int) -> None:
+        result, mid = self._client.subscribe(topic_filter, qos)
+        if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subacks.add(mid)
+            self.subscribed.clear()
+
+    def _handle_suback(self, mid: int) -> None:
+        self._pending_subacks.discard(mid)
+        if not self._pending_subacks and self.connected.is_set():
+            self.subscribed.set()
+
     def _handle_disconnected(self, reason: str) -> None:
         if self.connected.is_set() and not self._stopping:
             _LOGGER.warning("lost MQTT broker %s (%s); reconnecting", self.address, reason)
         self.connected.clear()
+        self.subscribed.clear()
+        self._pending_subacks.clear()
 
 
 def _loop_stop(client: paho.Client) -> None:

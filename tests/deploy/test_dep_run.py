@@ -168,7 +168,7 @@ async def test_two_stacks_with_different_root_topics_share_a_broker(mosquitto: A
         await runtime.start()
     try:
         for runtime in runtimes:
-            assert await runtime.mqtt.wait_connected(10)
+            assert await runtime.mqtt.wait_subscribed(10)
         await asyncio.sleep(2.5)
         assert [r.mqtt.connect_count for r in runtimes] == [1, 1]
         assert all(r.mqtt.connected.is_set() for r in runtimes)

@@ -99,8 +99,8 @@ async def proxy_stack(
     try:
         await reader.start()
         await gateway.start()
-        assert await reader.runtime.mqtt.wait_connected(10)
-        assert await gateway.runtime.mqtt.wait_connected(10)
+        assert await reader.runtime.mqtt.wait_subscribed(10)
+        assert await gateway.runtime.mqtt.wait_subscribed(10)
         await wait_until(lambda: gateway.gatt_proxy and gateway.gatt_proxy.slots, what="the reader's slots")
         yield ProxyStack(config, reader, gateway, bank, therm, stream)
     finally:

@@ -126,7 +126,7 @@ async def running_gateway(config: Config, **kwargs: Any) -> AsyncIterator[Gatewa
     gateway = Gateway(config, **kwargs)
     await gateway.start()
     try:
-        assert await gateway.runtime.mqtt.wait_connected(10), "gateway did not reach the broker"
+        assert await gateway.runtime.mqtt.wait_subscribed(10), "gateway did not reach the broker"
         yield gateway
     finally:
         await gateway.stop()

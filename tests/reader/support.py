@@ -47,7 +47,7 @@ async def reader_on_sim(
     reader = Reader(config, Backends(SimBT2Client, SimScanner, SIM_ADAPTER_ADDRESS, sim))
     async with MqttProbe(broker_url, "renogy/#") as probe:
         await reader.start()
-        assert await reader.runtime.mqtt.wait_connected(10)
+        assert await reader.runtime.mqtt.wait_subscribed(10)
         try:
             yield reader, sim, probe
         finally:

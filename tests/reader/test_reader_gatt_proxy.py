@@ -73,7 +73,7 @@ async def proxied_reader(
     )
     async with MqttProbe(broker_url, f"{ROOT}/#") as probe:
         await reader.start()
-        assert await reader.runtime.mqtt.wait_connected(10)
+        assert await reader.runtime.mqtt.wait_subscribed(10)
         await probe.wait_for(lambda: f"{ROOT}/slots" in probe.latest, what="slots published")
         try:
             yield reader, probe, therm, stream

@@ -66,7 +66,7 @@ async def shunt_reader(
         shunt = reader.sim_shunt
         assert isinstance(shunt, ShuntPeripheral)
         shunt.faults.extend(faults)
-        assert await reader.runtime.mqtt.wait_connected(10)
+        assert await reader.runtime.mqtt.wait_subscribed(10)
         try:
             yield reader, shunt, probe
         finally:

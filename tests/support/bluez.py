@@ -55,7 +55,7 @@ async def reader_on_bluez(
     reader = Reader(config, Backends(None, None))
     async with MqttProbe(broker_url, "renogy/#") as probe:
         await reader.start()
-        assert await reader.runtime.mqtt.wait_connected(10)
+        assert await reader.runtime.mqtt.wait_subscribed(10)
         try:
             yield reader, probe
         finally:

@@ -29,8 +29,8 @@ class MqttProbe:
 
     async def __aenter__(self) -> MqttProbe:
         await self.client.start()
-        if not await self.client.wait_connected(10):
-            raise TimeoutError("probe could not connect to the broker")
+        if not await self.client.wait_subscribed(10):
+            raise TimeoutError("probe could not connect to the broker and subscribe")
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,6 +15,8 @@ class TcpRelay:
         self.target_port = target_port
         self.port = free_port()
         self.up = True
+        self._downstream_open = asyncio.Event()  # broker -> client bytes flow only while set
+        self._downstream_open.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -45,6 +47,13 @@ class TcpRelay:
     def restore(self) -> None:
         self.up = True
 
+    def hold_downstream(self) -> None:
+        """Keep what the broker sends (e.g. a SUBACK) in the relay until release_downstream()."""
+        self._downstream_open.clear()
+
+    def release_downstream(self) -> None:
+        self._downstream_open.set()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
             writer.close()
@@ -55,8 +64,8 @@ class TcpRelay:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink, (writer, up_writer)))
+        for source, sink, gate in ((reader, up_writer, None), (up_reader, writer, self._downstream_open)):
+            task = asyncio.create_task(self._pipe(source, sink, (writer, up_writer), gate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -65,9 +74,12 @@ class TcpRelay:
         source: asyncio.StreamReader,
         sink: asyncio.StreamWriter,
         pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        gate: asyncio.Event | None,
     ) -> None:
         try:
             while data := await source.read(65536):
+                if gate is not None:
+                    await gate.wait()
                 sink.write(data)
                 await sink.drain()
         except (OSError, asyncio.CancelledError):

@@ -7,6 +7,7 @@ import asyncio
 from shared.config import MqttConfig
 from shared.mqtt import MqttClient, parse_url
 from tests.support.probe import MqttProbe
+from tests.support.relay import TcpRelay
 
 
 def test_parse_url() -> None:
@@ -56,12 +57,37 @@ async def test_messages_reach_the_event_loop(broker) -> None:
     client = MqttClient(MqttConfig(url=broker.url), "t-sub", on_message=on_message)
     client.subscribe("x/#")
     await client.start()
-    assert await client.wait_connected(10)
+    # Connected is not enough: a publish sent before the broker acknowledged x/# is not delivered.
+    assert await client.wait_subscribed(10)
     async with MqttProbe(broker.url) as probe:
         probe.publish("x/1", b"hello")
         await asyncio.wait_for(done.wait(), 10)
     assert ("x/1", b"hello") in got
     await client.stop()
+
+
+async def test_subscribed_waits_for_the_brokers_acknowledgement(broker) -> None:
+    """`subscribed` follows the SUBACK, not the SUBSCRIBE sent: with the broker's answer held in a relay
+    the client is connected but not subscribed; once the answer passes, a publish reaches it."""
+    got = asyncio.Event()
+    relay = TcpRelay(broker.port)
+    await relay.start()
+    client = MqttClient(MqttConfig(url=relay.url), "t-suback", on_message=lambda message: got.set())
+    try:
+        await client.start()
+        assert await client.wait_subscribed(10), "no subscriptions: subscribed with the connection"
+        relay.hold_downstream()
+        client.subscribe("y/#")
+        assert client.connected.is_set() and not client.subscribed.is_set()
+        relay.release_downstream()
+        assert await client.wait_subscribed(10)
+        async with MqttProbe(broker.url) as probe:
+            probe.publish("y/1", b"after the suback")
+            await asyncio.wait_for(got.wait(), 10)
+    finally:
+        await client.stop()
+        await relay.stop()
+    assert not client.subscribed.is_set(), "stop() ends the subscriptions"
 
 
 async def test_stop_survives_pahos_loop_stop_race(broker) -> None:
