@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from functools import cache
 
 _HANDLER: list[logging.Handler] = []  # the handler setup_logging installed in this process
 
@@ -34,12 +33,8 @@ def _set_level(logger: logging.Logger, level: int) -> None:
         logger.setLevel(level)
 
 
-@cache
 def version() -> str:
-    """This package's version (importlib.metadata, ~3 MB, is imported on the first call only)."""
-    from importlib import metadata  # noqa: PLC0415
+    """This package's version (shared/version.py, which pyproject.toml reads too)."""
+    from shared.version import __version__  # noqa: PLC0415
 
-    try:
-        return metadata.version("renogy-bt-esphome-proxy")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from an unpacked tree
-        return "0.0.0"
+    return __version__

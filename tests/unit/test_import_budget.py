@@ -19,13 +19,19 @@ CLIENT = ("aioesphomeapi", "aioesphomeapi.client", "aioesphomeapi.model", "aioes
 CRYPTO = ("cryptography", "noise")
 # psutil only where a service asks it for more than its own RSS (the gateway's interfaces, a held port).
 PSUTIL = ("psutil",)
+# The package's version is a constant (shared/version.py): the metadata machinery costs ~1.7 MB of heap
+# that every forked service would map, and 50 ms of start-up.
+METADATA = ("importlib.metadata",)
+# urllib.request (with http.client and email: 40 modules, ~2 MB) is what paho imports to look for a
+# SOCKS proxy, used only with PySocks installed: deferred (shared/lazy_import.py), never loaded here.
+URLLIB = ("http.client", "email.parser")
 # What `renogy-proxy` itself, the supervisor and the tools load before a command needs more.
 LIGHT = ("paho", "psutil", "importlib.metadata", "google.protobuf", "zeroconf", "bleak", "services.simulator")
 
 # process -> (modules its command imports, modules it must not import)
 BUDGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cli": ((), (*AMQTT, *CLIENT, *CRYPTO, *LIGHT)),
-    "supervisor": (("services.supervisor",), (*AMQTT, *CLIENT, *CRYPTO, *LIGHT)),
+    "supervisor": (("services.supervisor",), (*AMQTT, *CLIENT, *CRYPTO, *LIGHT, *URLLIB)),
     "reader": (
         ("services.reader.service",),
         (
@@ -33,6 +39,8 @@ BUDGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             *CLIENT,
             *CRYPTO,
             *PSUTIL,
+            *METADATA,
+            *URLLIB,
             "google.protobuf",
             "zeroconf",
             "services.simulator",
@@ -41,11 +49,22 @@ BUDGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "aggregator": (
         ("services.aggregator.service",),
-        (*AMQTT, *CLIENT, *CRYPTO, *PSUTIL, "google.protobuf", "zeroconf", "bleak", "services.simulator"),
+        (
+            *AMQTT,
+            *CLIENT,
+            *CRYPTO,
+            *PSUTIL,
+            *METADATA,
+            *URLLIB,
+            "google.protobuf",
+            "zeroconf",
+            "bleak",
+            "services.simulator",
+        ),
     ),
     "gateway": (
         ("services.gateway.service",),
-        (*AMQTT, *CLIENT, *CRYPTO, *PSUTIL, "bleak", "services.simulator"),
+        (*AMQTT, *CLIENT, *CRYPTO, *PSUTIL, *METADATA, *URLLIB, "bleak", "services.simulator"),
     ),
     "broker": (("services.broker", "amqtt.broker"), (*CLIENT, *CRYPTO, "bleak", "zeroconf")),
 }
@@ -122,3 +141,12 @@ def test_gateway_protocol_reuses_an_imported_client() -> None:
     from services.gateway.esphome_protocol import load
 
     assert load().api_pb2 is aioesphomeapi.api_pb2
+
+
+def test_the_version_constant_is_the_installed_distributions() -> None:
+    """pyproject.toml takes its version from shared/version.py, so what pip installed says the same."""
+    from importlib import metadata
+
+    from shared.version import __version__
+
+    assert metadata.version("renogy-bt-esphome-proxy") == __version__
