@@ -171,8 +171,14 @@ class Poller:
         self.backoff = Backoff(initial=1.0, maximum=max(5.0, min(60.0, cfg.poll_interval or 5.0)))
         self.identities: dict[int, Identity] = {}
         self.info_due: dict[int, float] = {}
-        # Batteries whose pack refused the merged read (or never answered it): read in blocks.
+        # How each pack takes the merged read, as this process found out: refused it (or never answered
+        # it): read in blocks; answered it: read merged. A pack is asked only once it has answered its
+        # blocks, so a fresh start's first values never wait for a probe (real packs refuse it: 5034).
         self.split: set[int] = set()
+        self.merged: set[int] = set()
+        self.answered: set[int] = set()
+        # A previous run's verdicts (its retained health), per BT-2: used until this process has its own.
+        self.remembered_plans: dict[str, dict[int, str]] = {}
         self._failed_cycles: dict[int, int] = {}
         self._skip_until: dict[int, int] = {}
         # Set when a read ended because the BT-2 link could not be made, not because the battery was silent.
@@ -201,8 +207,35 @@ class Poller:
             self.on_event(event)
 
     def read_plan(self) -> dict[str, str]:
-        """How each battery is read: "merged" (one 5000 x 49 read) or "split" (5042 x 7 + 5000 x 34)."""
-        return {str(slave): "split" if slave in self.split else "merged" for slave in self.cfg.batteries}
+        """How each battery is read: "merged" (one 5000 x 49 read), "split" (5042 x 7 + 5000 x 34: it
+        refused the merged read) or "untried" (in blocks until it answered them, then merged is tried)."""
+        return {str(slave): self._plan_of(slave) for slave in self.cfg.batteries}
+
+    def _plan_of(self, slave: int) -> str:
+        if slave in self.split:
+            return "split"
+        if slave in self.merged:
+            return "merged"
+        return self.remembered_plans.get(self.bt2 or "", {}).get(slave, "untried")
+
+    def remember_read_plan(self, bt2: object, plan: object) -> int:
+        """A previous run's ``read_plan`` for BT-2 ``bt2`` (from its retained health, i.e. MQTT input):
+        a pack it found refusing the merged read is not asked again, one that took it is read merged
+        from the first cycle. It never overrides what this process found itself and can cost at most
+        one refused read (never a wrong value). Returns how many verdicts were taken."""
+        if not isinstance(bt2, str) or not isinstance(plan, dict):
+            return 0
+        verdicts = {
+            int(key): value
+            for key, value in plan.items()
+            if isinstance(key, str)
+            and key.isdecimal()
+            and int(key) in self.cfg.batteries
+            and value in ("merged", "split")
+        }
+        if verdicts:
+            self.remembered_plans[bt2] = verdicts
+        return len(verdicts)
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -388,7 +421,8 @@ class Poller:
     async def _read_battery_values(self, slave: int) -> BatteryCycle:
         assert self.bt2 is not None
         reading = BatteryCycle(self.bt2, slave)
-        if slave not in self.split:
+        plan = self._plan_of(slave)
+        if plan == "merged" or (plan == "untried" and slave in self.answered):
             merged = await self._read_merged(slave)
             if merged is not None:
                 if merged.parts:
@@ -400,10 +434,10 @@ class Poller:
             if self._link_unavailable:
                 return reading
         for start, words in BLOCKS_EVERY_CYCLE:
-            if (
-                not await self._add_battery_block(reading, start, words)
-                and start == registers.BLOCK_STATUS[0]
-            ):
+            if await self._add_battery_block(reading, start, words):
+                if start == registers.BLOCK_STATUS[0]:
+                    self.answered.add(slave)
+            elif start == registers.BLOCK_STATUS[0]:
                 break  # silent or unreachable: do not spend the cycle's timeouts on its other blocks
         return reading
 
@@ -447,6 +481,7 @@ class Poller:
                     await self.link.disconnect()
                 if exc.kind in MERGED_REFUSED:
                     self.split.add(slave)
+                    self.merged.discard(slave)
                     _LOGGER.info(
                         "battery %d: merged read %dx%d not answered (%s: %s); reading it in blocks from now on",
                         slave,
@@ -469,6 +504,7 @@ class Poller:
                 )
                 return None
             last = self._decode_merged(slave, response, time.time())
+            self.merged.add(slave)  # the pack takes the merged read (whatever its values say)
             self.stats.request_ok(slave, last.received_at)
             self._add_floor(words)
             if not last.refused:
@@ -800,5 +836,8 @@ class Poller:
         new_id = bt2_id(address)
         if self.bt2 is not None and new_id != self.bt2:
             _LOGGER.warning("now reading BT-2 %s (was %s)", address, self.bt2)
-            self.split.clear()  # another bus: its packs may take the merged read
+            # Another bus: its packs may take the merged read (or not).
+            self.split.clear()
+            self.merged.clear()
+            self.answered.clear()
         self.bt2 = new_id

@@ -199,6 +199,8 @@ class Reader:
         """Connect to MQTT (in the background), open the capture file, start scanning."""
         self.runtime.mqtt.subscribe(self.topics.scanner_set(self.cfg.instance))
         self.runtime.mqtt.subscribe(self.topics.bridge_state("aggregator", "+"))
+        # Our own retained health, once: the previous run's read plan (which packs take the merged read).
+        self.runtime.mqtt.subscribe(self.runtime.health_topic)
         if self.cfg.bt2_address:
             self._subscribe_commands(bt2_id(self.cfg.bt2_address))
         if self.proxy is not None:
@@ -448,6 +450,9 @@ class Reader:
         if command is not None:
             self._on_command(command, message)
             return
+        if message.topic == self.runtime.health_topic:
+            self._on_own_health(message)
+            return
         if self._is_aggregator_state(message.topic):
             with contextlib.suppress(PayloadError):
                 if loads_object(message.payload).get("state") == "online" and self._outbox is not None:
@@ -465,6 +470,21 @@ class Reader:
         if mode != self.scanner.mode:
             _LOGGER.info("scanner mode %s requested", mode)
             asyncio.get_running_loop().create_task(self.scanner.restart(mode))
+
+    def _on_own_health(self, message: Message) -> None:
+        """The previous run's retained health carries its read plan; after it (or our own first live
+        health, when there was none) the subscription has done its job."""
+        self.runtime.mqtt.unsubscribe(self.runtime.health_topic)
+        if not message.retain or not message.payload:
+            return
+        try:
+            health = loads_object(message.payload)
+        except PayloadError as exc:
+            _LOGGER.debug("ignored the retained reader health on %s: %s", message.topic, exc)
+            return
+        taken = self.poller.remember_read_plan(health.get("bt2"), health.get("read_plan"))
+        if taken:
+            _LOGGER.debug("read plan of the previous run taken for %d batteries", taken)
 
     def _is_aggregator_state(self, topic: str) -> bool:
         prefix, _, rest = topic.partition("/bridge/aggregator/")

@@ -93,6 +93,13 @@ async def test_merged_read_gives_the_simulators_values_in_one_exchange() -> None
     sim = BankSimulator.from_config(with_sim(read_reserved=True, max_read_words=49))
     async with poller_on_sim(sim) as (poller, events):
         assert await poller.cycle() == 4
+        # A fresh start reads blocks first (its first values never wait for a probe of the pack).
+        assert poller.read_plan() == dict.fromkeys(("48", "49", "50", "51"), "untried")
+        assert {(start, words) for _, start, words in requests_of(sim)} == {
+            (5042, 7),
+            (5000, 34),
+            *registers.BLOCKS_INFO,
+        }
         assert await poller.cycle() == 4
         assert poller.read_plan() == dict.fromkeys(("48", "49", "50", "51"), "merged")
         assert poller.stats.errors == {}
@@ -100,8 +107,9 @@ async def test_merged_read_gives_the_simulators_values_in_one_exchange() -> None
         assert len(published) == 12  # the first cycle publishes each battery twice: values, then info
         for reading in published:
             assert_truthful(reading, sim)
-            assert set(reading["raw"]) >= {MERGED} and "5042" not in reading["raw"]
             assert reading["complete"] and reading["cell_voltages"] and reading["voltage"] is not None
+        for reading in published[8:]:
+            assert set(reading["raw"]) >= {MERGED} and "5042" not in reading["raw"]
         # The second cycle: one 5000 x 49 per battery and nothing else (the info blocks are not due).
         second = requests_of(sim)[-4:]
         assert second == [(slave, 5000, 49) for slave in (48, 49, 50, 51)]
@@ -125,6 +133,8 @@ async def test_a_pack_that_refuses_the_merged_read_is_read_in_blocks_and_remembe
     sim = BankSimulator.from_config(with_sim(**changes))
     async with poller_on_sim(sim) as (poller, events):
         assert await poller.cycle() == 4
+        assert "merged read" not in caplog.text  # not asked before the pack answered its blocks
+        assert await poller.cycle() == 4
         first = len(requests_of(sim))
         assert await poller.cycle() == 4
         assert poller.read_plan() == dict.fromkeys(("48", "49", "50", "51"), "split")
@@ -136,7 +146,7 @@ async def test_a_pack_that_refuses_the_merged_read_is_read_in_blocks_and_remembe
             (s, b, w) for s in (48, 49, 50, 51) for b, w in ((5042, 7), (5000, 34))
         ]
         published = readings_of(events)
-        assert len(published) == 12  # the first cycle publishes each battery twice: values, then info
+        assert len(published) == 16  # the first cycle publishes each battery twice: values, then info
         for reading in published:
             assert_truthful(reading, sim)
             assert {"5042", "5000"} <= set(reading["raw"]) and reading["complete"]
@@ -181,7 +191,7 @@ async def test_silent_batteries_back_off_and_the_watchdog_escalates_to_exit() ->
         backed_off = [(e.slave, e.every) for e in events if isinstance(e, BatteryBackedOff)]
         assert backed_off[:2] == [(60, 2), (60, 4)]
         assert not readings_of(events)
-        assert poller.read_plan() == {"60": "split"}  # it never answered the merged read either
+        assert poller.read_plan() == {"60": "untried"}  # never asked: it never answered its blocks
 
 
 COUNTS = {5000: 16, 5017: 16, 5036: 3, 5039: 3}  # count register -> highest count drawn (2 fit at 5036/5039)

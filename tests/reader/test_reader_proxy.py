@@ -57,10 +57,12 @@ async def test_capture_file_records_every_exchange(mosquitto, tmp_path) -> None:
     capture = tmp_path / "capture.jsonl"
     async with reader_on_sim(mosquitto.url, capture_file=capture) as (reader, _sim, _probe):
         await reader.cycle()
+        await reader.cycle()
     lines = [orjson.loads(line) for line in capture.read_text().splitlines()]
-    # 4 batteries x (the merged 5000x49 the default simulator refuses, then 5042, 5000, 5100, 5104)
-    assert len(lines) == 20
-    assert lines[0]["words"] == 49 and lines[0]["result"] == "modbus_exception"
-    first = lines[1]
+    # First cycle, 4 batteries x (5042, 5000, 5100, 5104); second, 4 x (the merged 5000x49 the default
+    # simulator refuses, then 5042, 5000)
+    assert len(lines) == 16 + 12
+    assert lines[16]["words"] == 49 and lines[16]["result"] == "modbus_exception"
+    first = lines[0]
     assert first["request"] == "300313b20007a48a" and first["result"] == "ok"
     assert first["notifications"] and first["elapsed"] >= first["notifications"][-1][0]
