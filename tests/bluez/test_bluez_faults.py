@@ -22,7 +22,7 @@ from services.simulator import (
 )
 from services.simulator.bank import BankSimulator
 from services.simulator.bluez import PrivateSystemBus, StandInBlueZ
-from tests.reader.support import assert_truthful, readings
+from tests.reader.support import assert_truthful, read_plan_settled, readings
 from tests.support.bluez import (
     cycles_until,
     fast_backoff,
@@ -38,7 +38,7 @@ from tests.support.probe import MqttProbe
 async def connected(
     broker_url: str, bus: PrivateSystemBus, **settings: Any
 ) -> AsyncIterator[tuple[Reader, StandInBlueZ, BankSimulator, MqttProbe]]:
-    """Stand-in + reader, first cycle read all 4 batteries; the log is what follows."""
+    """Stand-in + reader, every battery read and its read plan settled; the log is what follows."""
     settings.setdefault("connect_timeout", 1.0)
     async with (
         standin(bus) as (bluez, sim),
@@ -49,7 +49,7 @@ async def connected(
         reader.scanner.watchdog_after = 0.3
         watch = asyncio.create_task(reader.scanner.watch(reader.runtime.stop_event))
         try:
-            assert await reader.cycle() == 4
+            await read_plan_settled(reader)
             yield reader, bluez, sim, probe
         finally:
             watch.cancel()

@@ -14,7 +14,7 @@ from services.simulator import (
     HANG_IN_START_NOTIFY,
     FaultKind,
 )
-from tests.reader.support import assert_truthful, reader_on_sim, readings, with_sim
+from tests.reader.support import assert_truthful, read_plan_settled, reader_on_sim, readings, with_sim
 
 # fault -> the health error kind the reader counts and names in its log line
 REQUEST_FAULTS = {
@@ -29,11 +29,7 @@ REQUEST_FAULTS = {
 
 
 async def _connected(reader) -> None:
-    """Connect and read everything twice: the second cycle asks each pack for the merged read once (the
-    default pack refuses it), so from now on a cycle is 5042 x 7 then 5000 x 34 for each battery."""
-    assert await reader.cycle() == 4
-    assert await reader.cycle() == 4
-    assert set(reader.poller.read_plan().values()) == {"split"}
+    await read_plan_settled(reader)
 
 
 @pytest.mark.parametrize("fault", list(REQUEST_FAULTS), ids=str)
