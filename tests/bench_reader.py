@@ -19,6 +19,7 @@ import orjson
 
 from services.reader.link import Bt2Link
 from services.simulator import (
+    DEFAULT_ADDRESS,
     BankSimulator,
     SimBT2Client,
     SimConfig,
@@ -32,14 +33,21 @@ from tests.support.brokers import AmqttBroker
 # What the old system (and cyrils/renogy-bt) read per battery, sleeping 0.5 s after each block.
 OLD_BLOCKS = ((5000, 17), (5017, 17), (5042, 6), (5122, 8), (5223, 1))
 OLD_SLEEP = 0.5
+MERGED_BT2 = "C4:64:E3:38:3D:4D"
 MERGED_GOAL_S = 1.0  # issue 15: the 4-battery cycle on the default timing model with merged reads
 
 
 async def _ours(broker_url: str, mtu: int, cycles: int, *, merged: bool = False) -> dict[str, float]:
     # merged: packs that answer the 5000 x 49 read (the default simulator refuses it, as 5034 is reserved)
     # and no longer one.
+    # Another BT-2 for the packs that take it: a reader remembers each BT-2's read plan (its retained
+    # health on this broker), which would carry the other variant's verdicts over.
     sim_config = SimConfig(
-        mtu=mtu, latency_scale=1.0, read_reserved=merged, max_read_words=49 if merged else 125
+        mtu=mtu,
+        latency_scale=1.0,
+        read_reserved=merged,
+        max_read_words=49 if merged else 125,
+        address=MERGED_BT2 if merged else DEFAULT_ADDRESS,
     )
     async with reader_on_sim(broker_url, sim_config, request_timeout=1.5, info_interval=3600) as (
         reader,
