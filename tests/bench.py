@@ -317,6 +317,24 @@ FINDINGS = """## What the proof runs found (and what was fixed)
   keeps them (services/reader/outbox.py) and publishes them in order afterwards; the energy counted
   through the outage equals the simulator's truth, and the gateway serves values as unknown once no
   state arrived for `stale_after`.
+- **Footprint, what each process loads** (issue 15, 2026-12-02, `run_tree`): every service imported
+  importlib.metadata for its version string (~1.7 MB of heap, 50 ms) and paho's urllib.request (with
+  http.client and email: 40 modules, ~2 MB), which paho uses only with PySocks installed. The version
+  is now a constant (shared/version.py) and urllib.request loads on first use
+  (shared/lazy_import.py): PSS of the run tree 52.1 -> 49.6-49.8 MB, largest RSS 38.3 -> 36.5 MB.
+- **Footprint, preload against per-process RSS** (issue 15, 2026-12-02, `run_tree`, 15 s): a forked
+  child maps every anonymous page the supervisor holds when it forks, so its RSS counts what it shares.
+  Preloading every service before the first fork (kept): PSS 49.6 MB, RSS 29.8 / 29.8 / 30.8 MB
+  (reader / aggregator / gateway), supervisor 36.5, 55 states after 3.25 s. Forking each service as
+  soon as its own modules are in (reader first): RSS 24.9 / 25.4 / 30.7 MB and 3.01-3.12 s, but PSS
+  53.7 MB (the supervisor's later imports copy pages the reader still shares: the interned-string
+  table, refcounts). Not preloading the gateway (protobuf: ~3.2 MB of heap): RSS 25.7 / 25.7 / 32.2
+  MB, PSS 51.3 MB. RSS <= 25 MB for every process and PSS <= 50 MB cannot both hold on CPython 3.11
+  with aioesphomeapi's protobuf classes in the gateway.
+- **First values after start** (issue 15): the first cycle asked every pack for the merged 5000 x 49
+  read, which packs refuse (5034 is reserved): 4 refused reads before the first values. A pack is now
+  asked only after it answered its blocks, and a restart takes the previous verdicts from the
+  reader's retained health (services/reader/poller.py).
 """
 
 
