@@ -187,21 +187,11 @@ class MqttClient:
         self._client.loop_start()
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self.connected.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await _wait_set(self.connected, timeout)
 
     async def wait_subscribed(self, timeout: float | None = None) -> bool:
         """Connected, and every subscription acknowledged by the broker."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self.subscribed.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await _wait_set(self.subscribed, timeout)
 
     async def stop(self, final: list[tuple[str, bytes]] | None = None, timeout: float = 2.0) -> None:
         """Publish the final retained messages (e.g. 'offline'), then disconnect cleanly."""
@@ -402,6 +392,16 @@ class MqttClient:
         self.connected.clear()
         self.subscribed.clear()
         self._pending_subacks.clear()
+
+
+async def _wait_set(event: asyncio.Event, timeout: float | None) -> bool:
+    """Whether ``event`` was set within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _loop_stop(client: paho.Client) -> None:
